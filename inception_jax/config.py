@@ -1,0 +1,70 @@
+"""The base experiment configuration: every field a run can set, with its default.
+
+Experiment files under ``experiments/configs/`` start from :func:`get_base_config`
+and override what they need. Any field can be overridden on the command line
+(``--config.batch_size=256``); an unknown field is an error.
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Returns the configuration with every field at its default value."""
+  config = ml_collections.ConfigDict()
+
+  # Model: a name accepted by `inception_jax.models.create_model`.
+  config.model = 'googlenet'
+  config.model_options = ml_collections.ConfigDict()  # extra create_model kwargs
+  config.dtype = 'float32'  # compute dtype; parameters stay float32
+  config.aux_weight = 0.3  # weight of each auxiliary classifier's loss
+  config.label_smoothing = 0.0
+
+  # Data.
+  config.dataset = 'sklearn_digits'  # a tfds name, or 'image_folder'
+  config.image_folder = ''  # root/<split>/<class>/* when dataset == 'image_folder'
+  config.data_dir = ''  # tfds data_dir; '' = tfds default (~/tensorflow_datasets)
+  config.manual_dir = ''  # tfds manual_dir (e.g. the ImageNet tars)
+  config.train_split = 'train'
+  config.eval_split = 'test'
+  config.image_size = 224
+  config.batch_size = 256  # global, over all devices and processes
+  config.eval_batch_size = 256  # global
+  config.shuffle_buffer = 16_384
+  config.deterministic_data = False  # training stream a pure function of (seed, step)
+  config.on_bad_image = 'skip'  # 'skip' (count and log) or 'fail' (refuse at start)
+  config.mean_rgb = (123.675, 116.28, 103.53)  # on the 0..255 scale
+  config.std_rgb = (58.395, 57.12, 57.375)
+  config.crop = 'inception'  # 'inception' (random area/aspect crop) or 'center'
+  config.crop_area_range = (0.08, 1.0)
+  config.crop_aspect_range = (3 / 4, 4 / 3)
+  config.random_flip = True
+  config.color_distortion = False  # brightness, contrast, saturation, hue
+  config.random_resize_method = False  # the paper's random choice of interpolation
+  config.eval_resize_ratio = 256 / 224  # shorter side = image_size * ratio, then centre crop
+
+  # Optimization: recipe is 'paper', 'caffe_quick' or 'modern'.
+  config.recipe = 'paper'
+  config.optimizer = 'sgd'  # 'sgd' or 'adamw' (the 'modern' recipe chooses)
+  config.learning_rate = 0.01  # base, for the global batch
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 2e-4  # decoupled through optax, masked off biases/BN scales
+  config.num_epochs = 90.0
+  config.num_train_steps = -1  # > 0 overrides num_epochs
+  config.warmup_epochs = 0.0
+  config.lr_decay_factor = 0.96  # paper: x0.96 ...
+  config.lr_decay_epochs = 8.0  # ... every 8 epochs
+  config.poly_power = 0.5  # caffe_quick
+  config.ema_decay = 0.0  # Polyak/EMA averaging of params; 0 = off
+  config.grad_accum_steps = 1
+  config.grad_clip_norm = 0.0  # 0 = off
+
+  # Run.
+  config.seed = 0
+  config.log_every_steps = 50
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+  config.init_from = ''  # checkpoint to fine-tune from
+  config.freeze_backbone = False
+  return config

@@ -1,0 +1,139 @@
+"""Layers GoogLeNet needs that Flax does not ship, with Caffe's semantics.
+
+Caffe's `bvlc_googlenet` is the reference for what the paper leaves open:
+pooling output sizes round up (ceil mode) and LRN normalizes across channels.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def ceil_pool_output_size(size: int, window: int, stride: int, pad: int = 0) -> int:
+  """Caffe's (and torch's ceil_mode) pooling output size; 0 if the input is too small.
+
+  out = ceil((size + 2*pad - window) / stride) + 1, minus one if the last window
+  would start in the padding. A window that overhangs the input is clipped.
+  """
+  out = max(0, -(-(size + 2 * pad - window) // stride) + 1)
+  if pad and out and (out - 1) * stride >= size + pad:
+    out -= 1
+  return out
+
+
+def ceil_pool_padding(size: int, window: int, stride: int, pad: int) -> tuple[int, int]:
+  """Returns (low, high) padding that gives Caffe's ceil-mode pooling output size."""
+  out = ceil_pool_output_size(size, window, stride, pad)
+  if out < 1:
+    raise ValueError(f'a {window}x{window}/{stride} pool cannot reduce {size} pixels: '
+                     'the input image is too small for this network.')
+  high = (out - 1) * stride + window - size - pad
+  return pad, max(high, 0)
+
+
+class MaxPool(nn.Module):
+  """Max pooling with Caffe's ceil-mode output size (224 → 112 → 56 → 28 → 14 → 7)."""
+  window: int = 3
+  stride: int = 2
+  pad: int = 0
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    padding = [ceil_pool_padding(x.shape[d], self.window, self.stride, self.pad)
+               for d in (1, 2)]
+    return nn.max_pool(x, (self.window, self.window), (self.stride, self.stride),
+                       padding=padding)
+
+
+class AvgPool(nn.Module):
+  """Average pooling without padding (the auxiliary heads' 5x5/3)."""
+  window: int
+  stride: int
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return nn.avg_pool(x, (self.window, self.window), (self.stride, self.stride))
+
+
+class AdaptiveAvgPool(nn.Module):
+  """Average pooling to a fixed spatial size, like `torch.nn.AdaptiveAvgPool2d`.
+
+  Output cell (i, j) averages input rows floor(i*H/out)..ceil((i+1)*H/out)-1 and
+  likewise for columns; for inputs smaller than `size` cells repeat input pixels.
+  """
+  size: int
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return _adaptive_mean(_adaptive_mean(x, 1, self.size), 2, self.size)
+
+
+def _adaptive_mean(x: Array, axis: int, out: int) -> Array:
+  size = x.shape[axis]
+  cells = []
+  for i in range(out):
+    start, stop = (i * size) // out, -((-(i + 1) * size) // out)
+    cells.append(jnp.mean(jax.lax.slice_in_dim(x, start, stop, axis=axis), axis=axis,
+                          keepdims=True))
+  return jnp.concatenate(cells, axis=axis)
+
+
+class GlobalAvgPool(nn.Module):
+  """Mean over the spatial axes, for any input size."""
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return jnp.mean(x, axis=(1, 2))
+
+
+class LocalResponseNorm(nn.Module):
+  """Caffe's across-channel LRN: x / (k + alpha/n · Σ_window x²)^beta.
+
+  The window covers `size` channels centred on each channel (zero beyond the
+  edges). TensorFlow's `tf.nn.local_response_normalization` computes the same
+  with depth_radius=(size-1)/2, bias=k, alpha=alpha/size, beta=beta.
+  """
+  size: int = 5
+  alpha: float = 1e-4
+  beta: float = 0.75
+  k: float = 1.0
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.size % 2 != 1:
+      raise ValueError(f'LRN size must be odd, got {self.size}.')
+    half = self.size // 2
+    squared = jnp.square(x.astype(jnp.float32))
+    padded = jnp.pad(squared, [(0, 0)] * (x.ndim - 1) + [(half, half)])
+    channels = x.shape[-1]
+    window_sum = sum(padded[..., i:i + channels] for i in range(self.size))
+    scale = self.k + (self.alpha / self.size) * window_sum
+    return x * jnp.power(scale, -self.beta).astype(x.dtype)
+
+
+class ConvReLU(nn.Module):
+  """Convolution (Caffe padding: kernel//2 on each side) → optional BatchNorm → ReLU."""
+  features: int
+  kernel: int
+  stride: int = 1
+  batch_norm: bool = False
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    pad = self.kernel // 2
+    x = nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
+                padding=[(pad, pad), (pad, pad)], use_bias=not self.batch_norm,
+                dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init,
+                name='conv')(x)
+    if self.batch_norm:
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
+                       dtype=self.dtype, name='bn')(x)
+    return nn.relu(x)
