@@ -2,10 +2,59 @@
 
 import argparse
 import json
+import pathlib
 import sys
 from typing import Callable, Sequence
 
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+
 Command = Callable[[argparse.Namespace], None]
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'experiments' / 'configs'
+DEFAULT_CONFIG = CONFIGS / 'default.py'
+
+
+def load_config(path: str | pathlib.Path, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  """Loads a `get_config()` file and applies `--config.field=value` overrides.
+
+  Raises SystemExit with a message naming an unknown field or a bad value.
+  """
+  if not pathlib.Path(path).exists():
+    raise SystemExit(f'config file {path} not found; the experiment configs live in {CONFIGS}.')
+  bad = [o for o in overrides if not o.startswith('--config.')]
+  if bad:
+    raise SystemExit(f'unrecognized arguments {bad}: config fields are set as '
+                     '--config.<field>=<value>.')
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', str(path), flag_values=flag_values,
+                                  lock_config=True)
+  try:
+    flag_values(['inception_jax', *overrides])
+  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+    raise SystemExit(f'bad config override in {list(overrides)}: {e}') from e
+  return flag_values.config
+
+
+def _train(args: argparse.Namespace) -> None:
+  from inception_jax import trainer  # pylint: disable=import-outside-toplevel
+  config = load_config(args.config, args.overrides)
+  workdir = args.workdir or str(pathlib.Path('workdirs') / pathlib.Path(args.config).stem)
+  print(f'config {args.config}; work directory {pathlib.Path(workdir).absolute()}', flush=True)
+  try:
+    trainer.train_and_evaluate(config, workdir)
+  except trainer.Preempted:
+    sys.exit(0)
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+  p = subparsers.add_parser(
+      'train', help='train and evaluate (resumes from the work directory\'s newest checkpoint)',
+      epilog='Any config field can be overridden: --config.batch_size=128.')
+  p.add_argument('--config', default=str(DEFAULT_CONFIG),
+                 help='a get_config() file (default: experiments/configs/default.py)')
+  p.add_argument('--workdir', help='checkpoints, logs and curves (default: workdirs/<config>)')
+  p.set_defaults(run=_train)
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -38,10 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m inception_jax', description=__doc__)
   subparsers = parser.add_subparsers(dest='command', required=True)
   _add_summary(subparsers)
+  _add_train(subparsers)
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Parses `argv` (default: sys.argv[1:]) and runs the chosen command."""
-  args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+  args, overrides = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+  args.overrides = overrides
+  if overrides and not hasattr(args, 'config'):
+    raise SystemExit(f'unrecognized arguments: {overrides}')
   args.run(args)

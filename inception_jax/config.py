@@ -65,6 +65,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 500
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3
-  config.init_from = ''  # checkpoint to fine-tune from
+  config.init_from = ''  # checkpoint to fine-tune from (work dir or step dir)
+  config.init_from_reinit = ''  # regex of extra param paths allowed to stay fresh
   config.freeze_backbone = False
   return config

@@ -1,0 +1,138 @@
+"""Orbax checkpoints of the whole train state, with a small JSON record of what made them.
+
+Each step directory holds two items: ``state`` (the train state pytree, saved
+asynchronously by every process) and ``meta`` (model name, classes, image size,
+data set). Kept: the newest `keep` checkpoints plus the best one by evaluation
+top-1. A damaged newest checkpoint is reported and the previous good one used.
+"""
+
+import dataclasses
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+BEST_METRIC = 'eval_top1'
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint was written for another model than the one asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """What `restore_latest` found: the state, its step and its metadata."""
+  state: Any
+  step: int
+  meta: dict[str, Any]
+
+
+def create_manager(directory: str | pathlib.Path, keep: int = 3,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+  """A manager keeping the newest `keep` checkpoints plus the best by eval top-1."""
+  policy = checkpoint_managers.AnyPreservationPolicy([
+      checkpoint_managers.LatestN(n=keep),
+      checkpoint_managers.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1,
+                                keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, read_only=read_only,
+                                         enable_async_checkpointing=not read_only)
+  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
+                               item_names=('state', 'meta'))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any],
+         eval_top1: float | None = None) -> None:
+  """Starts an asynchronous save of `state` at `step` (every process must call it)."""
+  metrics = None if eval_top1 is None else {BEST_METRIC: float(eval_top1)}
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             meta=ocp.args.JsonSave(meta)),
+               metrics=metrics, force=True)
+
+
+def check_meta(meta: dict[str, Any], expected: dict[str, Any], where: str) -> None:
+  """Raises CheckpointMismatchError if `meta` disagrees with `expected` on any key."""
+  wrong = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+  if wrong:
+    details = '; '.join(f'{k}: checkpoint has {got!r}, config asks for {want!r}'
+                        for k, (got, want) in wrong.items())
+    raise CheckpointMismatchError(
+        f'the checkpoint in {where} was written for another model ({details}). '
+        'Use another work directory, or --config.init_from to fine-tune from it.')
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   expected_meta: dict[str, Any]) -> Restored | None:
+  """Restores the newest readable checkpoint; None if the directory has none.
+
+  A checkpoint that cannot be read is reported and the next older one tried;
+  if checkpoints exist but none can be read, raises rather than start over.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  failures = []
+  for step in steps:
+    try:
+      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    except Exception as e:  # pylint: disable=broad-except
+      failures.append(f'step {step}: {type(e).__name__}: {e}')
+      logging.warning('checkpoint at step %d is damaged (%s); trying the previous one.',
+                      step, e)
+      continue
+    check_meta(meta, expected_meta, str(manager.directory))
+    try:
+      restored = manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    except Exception as e:  # pylint: disable=broad-except
+      failures.append(f'step {step}: {type(e).__name__}: {e}')
+      logging.warning('checkpoint at step %d is damaged (%s); trying the previous one.',
+                      step, e)
+      continue
+    return Restored(state=restored['state'], step=step, meta=meta)
+  if steps:
+    raise RuntimeError(f'no checkpoint in {manager.directory} could be restored:\n  '
+                       + '\n  '.join(failures)
+                       + '\nMove the directory aside to start over.')
+  return None
+
+
+def abstract_like(state: Any) -> Any:
+  """The shapes, dtypes and shardings of `state`, as a restore target."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def find_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, int | None]:
+  """Resolves a work directory, its checkpoints/ folder or one step folder.
+
+  Returns (checkpoint root, step or None for the newest).
+  """
+  path = pathlib.Path(path).absolute()
+  if (path / 'checkpoints').is_dir():
+    return path / 'checkpoints', None
+  if (path / 'state').is_dir() and path.name.isdigit():
+    return path.parent, int(path.name)
+  if path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):
+    return path, None
+  raise FileNotFoundError(
+      f'{path} holds no checkpoint: give a work directory, its checkpoints/ '
+      'folder, or one step folder inside it.')
+
+
+def load_raw(path: str | pathlib.Path) -> Restored:
+  """Reads a checkpoint without a target structure (arrays on the default device).
+
+  For fine-tuning and evaluation, where the saved tree need not match the
+  current model. `path` as for `find_checkpoint`.
+  """
+  root, step = find_checkpoint(path)
+  manager = create_manager(root, read_only=True)
+  if step is None:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'{root} holds no checkpoint steps.')
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                           meta=ocp.args.JsonRestore()))
+  manager.close()
+  return Restored(state=restored['state'], step=step, meta=restored['meta'])

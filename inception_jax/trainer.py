@@ -1,0 +1,192 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Resumes from the newest checkpoint in `workdir/checkpoints` (falling back past a
+damaged one); otherwise starts fresh, or from `config.init_from` for
+fine-tuning. Evaluates periodically over the whole held-out split, saves every
+`checkpoint_every_steps` and at the end, and on SIGTERM saves the current step
+and returns. Only process 0 prints and writes logs; every process checkpoints.
+"""
+
+import json
+import pathlib
+import signal
+import threading
+import time
+from typing import Any, Iterator
+
+from absl import logging
+import jax
+import ml_collections
+
+from inception_jax import checkpointing
+from inception_jax import finetune
+from inception_jax import input_pipeline
+from inception_jax import metric_logging
+from inception_jax import models
+from inception_jax import optim
+from inception_jax import train
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM after saving a checkpoint."""
+
+
+class _SigtermFlag:
+  """Sets itself on SIGTERM (what a Cloud TPU VM sends before preemption)."""
+
+  def __init__(self):
+    self.event = threading.Event()
+    self._previous = None
+
+  def __enter__(self) -> '_SigtermFlag':
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.GoogLeNet:
+  """The model the config names, for `num_classes` classes."""
+  return models.create_model(config.model, num_classes=num_classes, dtype=config.dtype,
+                             **config.model_options.to_dict())
+
+
+def checkpoint_meta(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo
+                    ) -> dict[str, Any]:
+  """What a checkpoint records about the model that wrote it."""
+  return {'model': config.model, 'model_options': config.model_options.to_dict(),
+          'num_classes': info.num_classes, 'image_size': config.image_size,
+          'dataset': info.name, 'class_names': list(info.class_names)}
+
+
+def evaluate(eval_step: Any, state: Any, batches: Iterator[dict[str, jax.Array]]
+             ) -> dict[str, float]:
+  """Top-1, top-5 and mean loss over every real example of `batches`."""
+  totals: dict[str, float] = {}
+  for batch in batches:
+    counts = jax.device_get(eval_step(state, batch))
+    for key, value in counts.items():
+      totals[key] = totals.get(key, 0.0) + float(value)
+  count = max(totals.get('count', 0.0), 1.0)
+  return {'top1': totals['correct_top1'] / count, 'top5': totals['correct_top5'] / count,
+          'loss': totals['loss_sum'] / count, 'count': totals['count']}
+
+
+def _save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  with open(workdir / 'config.json', 'w') as f:
+    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+
+
+def _scalars(metrics: Any, prefix: str) -> dict[str, float]:
+  return {f'{prefix}_{k}': float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+                       ) -> dict[str, float]:
+  """Trains and evaluates; returns the final evaluation metrics.
+
+  Raises Preempted after saving a checkpoint when SIGTERM arrives.
+  """
+  workdir = pathlib.Path(workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    _save_config(config, workdir)
+  info = input_pipeline.get_dataset_info(config)
+  mesh = train.create_mesh()
+  model = build_model(config, info.num_classes)
+  steps_per_epoch = info.split_sizes[config.train_split] // config.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f'batch_size {config.batch_size} exceeds the {config.train_split} split '
+                     f'({info.split_sizes[config.train_split]} examples): lower it.')
+  total_steps = optim.total_train_steps(config, steps_per_epoch)
+  image_shape = (1, config.image_size, config.image_size, 3)
+  trainable_mask = finetune.classifier_mask if config.freeze_backbone else None
+  state, state_sharding = train.create_train_state(config, model, image_shape, mesh,
+                                                   steps_per_epoch, trainable_mask)
+  meta = checkpoint_meta(config, info)
+  manager = checkpointing.create_manager(workdir / 'checkpoints', config.keep_checkpoints)
+  restored = checkpointing.restore_latest(
+      manager, checkpointing.abstract_like(state),
+      {k: meta[k] for k in ('model', 'model_options', 'num_classes', 'image_size')})
+  if restored is not None:
+    state = restored.state
+    logging.info('resumed from step %d in %s', restored.step, manager.directory)
+  elif config.init_from:
+    state = finetune.init_from_checkpoint(state, config.init_from, config)
+  start_step = int(jax.device_get(state.step))
+  writer = metric_logging.MetricWriter(workdir, enabled=is_main)
+  train_step = train.make_train_step(config, mesh, state_sharding)
+  eval_step = train.make_eval_step(mesh, state_sharding)
+  batches = input_pipeline.create_train_iterator(config, mesh, start_step=start_step)
+  if is_main:
+    print(f'{config.model} on {info.name}: {total_steps} steps of {config.batch_size} '
+          f'({steps_per_epoch} per epoch) on {jax.device_count()} device(s); '
+          f'work directory {workdir.absolute()}'
+          + (f'; resuming at step {start_step}' if start_step else ''), flush=True)
+
+  def run_eval(step: int) -> dict[str, float]:
+    result = evaluate(eval_step, state, input_pipeline.create_eval_iterator(config, mesh))
+    writer.write(step, {f'eval_{k}': v for k, v in result.items()})
+    if is_main:
+      print(f"eval at step {step}: top1 {result['top1']:.4f} | top5 {result['top5']:.4f} | "
+            f"loss {result['loss']:.4f} | {int(result['count'])} examples", flush=True)
+    return result
+
+  def save(step: int, metrics: Any, eval_result: dict[str, float] | None = None) -> None:
+    train.check_finite(jax.device_get(metrics), step)  # never checkpoint a NaN state
+    checkpointing.save(manager, step, state, meta,
+                       eval_top1=None if eval_result is None else eval_result['top1'])
+
+  eval_result: dict[str, float] = {}
+  window_start, window_steps = time.time(), 0
+  with _SigtermFlag() as sigterm:
+    for step in range(start_step + 1, total_steps + 1):
+      state, metrics = train_step(state, next(batches))
+      window_steps += 1
+      last = step == total_steps
+      if step % config.log_every_steps == 0 or last:
+        scalars = jax.device_get(metrics)
+        train.check_finite(scalars, step)
+        elapsed = time.time() - window_start
+        writer.write(step, {f'train_{k}': float(v) for k, v in scalars.items()})
+        if is_main:
+          print(metric_logging.progress_line(
+              step, total_steps, steps_per_epoch, scalars,
+              window_steps * config.batch_size / elapsed,
+              (total_steps - step) * elapsed / window_steps), flush=True)
+        window_start, window_steps = time.time(), 0
+      evaluated = step % config.eval_every_steps == 0 or last
+      if evaluated:
+        eval_result = run_eval(step)
+      if step % config.checkpoint_every_steps == 0 or last or evaluated:
+        save(step, metrics, eval_result if evaluated else None)
+      if sigterm.event.is_set():
+        save(step, metrics)
+        manager.wait_until_finished()
+        writer.close()
+        if is_main:
+          print(f'SIGTERM: saved a checkpoint at step {step} in {manager.directory}; '
+                'run the same command again to resume.', flush=True)
+        raise Preempted(f'preempted at step {step}')
+  if start_step >= total_steps:
+    eval_result = run_eval(start_step)
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  if is_main:
+    print(f'curves: {metric_logging.plot_curves(workdir)}', flush=True)
+  return eval_result
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The resolved config a run saved in its work directory."""
+  path = pathlib.Path(workdir) / 'config.json'
+  if not path.exists():
+    raise FileNotFoundError(f'{path} not found: pass --config with the run\'s config file.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
