@@ -1,8 +1,10 @@
-r"""Measures the input pipeline alone: images per second of train and eval preprocessing.
+"""Measures the input pipeline alone: images per second of train and eval preprocessing.
 
 Writes an image folder of generated 500x375 JPEGs (ImageNet's typical size) to a
 temporary directory and times the tf.data pipelines of `inception_jax.input_pipeline`
 on this machine's CPUs, without JAX arrays or a model.
+
+From the repository root:
 
   python experiments/benchmark_input_pipeline.py --image_size=224 --batch_size=64
 """
