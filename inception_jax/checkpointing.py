@@ -72,30 +72,40 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   if checkpoints exist but none can be read, raises rather than start over.
   """
   steps = sorted(manager.all_steps(), reverse=True)
-  failures = []
+  failures, damaged = [], []
   for step in steps:
     try:
       meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      check_meta(meta, expected_meta, str(manager.directory))
+      state = manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))['state']
+    except CheckpointMismatchError:
+      raise
     except Exception as e:  # pylint: disable=broad-except
       failures.append(f'step {step}: {type(e).__name__}: {e}')
+      damaged.append(step)
       logging.warning('checkpoint at step %d is damaged (%s); trying the previous one.',
                       step, e)
       continue
-    check_meta(meta, expected_meta, str(manager.directory))
-    try:
-      restored = manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    except Exception as e:  # pylint: disable=broad-except
-      failures.append(f'step {step}: {type(e).__name__}: {e}')
-      logging.warning('checkpoint at step %d is damaged (%s); trying the previous one.',
-                      step, e)
-      continue
-    return Restored(state=restored['state'], step=step, meta=meta)
+    _move_aside(manager, damaged)
+    return Restored(state=state, step=step, meta=meta)
   if steps:
     raise RuntimeError(f'no checkpoint in {manager.directory} could be restored:\n  '
                        + '\n  '.join(failures)
                        + '\nMove the directory aside to start over.')
   return None
+
+
+def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Renames damaged step folders to `<step>.damaged`, so training can save those steps again."""
+  if steps and jax.process_index() == 0:
+    for step in steps:
+      folder = pathlib.Path(manager.directory) / str(step)
+      target = folder.with_name(f'{step}.damaged')
+      folder.rename(target)
+      logging.warning('moved the damaged checkpoint %s aside to %s.', folder, target)
+  if steps:
+    manager.reload()
 
 
 def abstract_like(state: Any) -> Any:

@@ -2,43 +2,20 @@
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 from typing import Callable, Sequence
 
-from absl import flags
-import ml_collections
-from ml_collections import config_flags
+from inception_jax import config as config_lib
 
 Command = Callable[[argparse.Namespace], None]
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'experiments' / 'configs'
-DEFAULT_CONFIG = CONFIGS / 'default.py'
-
-
-def load_config(path: str | pathlib.Path, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-  """Loads a `get_config()` file and applies `--config.field=value` overrides.
-
-  Raises SystemExit with a message naming an unknown field or a bad value.
-  """
-  if not pathlib.Path(path).exists():
-    raise SystemExit(f'config file {path} not found; the experiment configs live in {CONFIGS}.')
-  bad = [o for o in overrides if not o.startswith('--config.')]
-  if bad:
-    raise SystemExit(f'unrecognized arguments {bad}: config fields are set as '
-                     '--config.<field>=<value>.')
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', str(path), flag_values=flag_values,
-                                  lock_config=True)
-  try:
-    flag_values(['inception_jax', *overrides])
-  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
-    raise SystemExit(f'bad config override in {list(overrides)}: {e}') from e
-  return flag_values.config
+DEFAULT_CONFIG = config_lib.CONFIGS / 'default.py'
 
 
 def _train(args: argparse.Namespace) -> None:
   from inception_jax import trainer  # pylint: disable=import-outside-toplevel
-  config = load_config(args.config, args.overrides)
+  config = config_lib.load(args.config, args.overrides)
   workdir = args.workdir or str(pathlib.Path('workdirs') / pathlib.Path(args.config).stem)
   print(f'config {args.config}; work directory {pathlib.Path(workdir).absolute()}', flush=True)
   try:
@@ -55,6 +32,44 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                  help='a get_config() file (default: experiments/configs/default.py)')
   p.add_argument('--workdir', help='checkpoints, logs and curves (default: workdirs/<config>)')
   p.set_defaults(run=_train)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+  from inception_jax import evaluation, trainer  # pylint: disable=import-outside-toplevel
+  paths = [args.path, *args.ensemble]
+  configs = [config_lib.load(trainer.load_config(evaluation.workdir_of(p)), args.overrides)
+             for p in paths]
+  report = evaluation.evaluate_paths(paths, args.crops, configs)
+  print(evaluation.format_report(report))
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(report, f, indent=1)
+    print(f'wrote {args.json}')
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+  p = subparsers.add_parser(
+      'evaluate', help='top-1/top-5 and loss of a checkpoint (or an ensemble) on the eval split',
+      epilog='Config fields of the saved run can be overridden: --config.data_dir=/data.')
+  p.add_argument('path', help='a work directory, its checkpoints/ folder or one step folder')
+  p.add_argument('--crops', type=int, default=1, choices=(1, 10, 144),
+                 help="crops per image, as in the paper's Table 3")
+  p.add_argument('--ensemble', nargs='+', default=[], metavar='PATH',
+                 help='more models whose softmax outputs are averaged with the first')
+  p.add_argument('--json', metavar='PATH', help='also write the results as JSON')
+  p.set_defaults(run=_evaluate, config=None)
+
+
+def _plot(args: argparse.Namespace) -> None:
+  from inception_jax import metric_logging  # pylint: disable=import-outside-toplevel
+  print(f'wrote {metric_logging.plot_curves(args.workdir)}')
+
+
+def _add_plot(subparsers: argparse._SubParsersAction) -> None:
+  p = subparsers.add_parser('plot', help="draw a run's loss, accuracy and learning-rate "
+                            'curves into WORKDIR/curves.png (also during training)')
+  p.add_argument('workdir')
+  p.set_defaults(run=_plot)
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -88,13 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
   subparsers = parser.add_subparsers(dest='command', required=True)
   _add_summary(subparsers)
   _add_train(subparsers)
+  _add_evaluate(subparsers)
+  _add_plot(subparsers)
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Parses `argv` (default: sys.argv[1:]) and runs the chosen command."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow feeds data, quietly
   args, overrides = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
   args.overrides = overrides
   if overrides and not hasattr(args, 'config'):
     raise SystemExit(f'unrecognized arguments: {overrides}')
-  args.run(args)
+  try:
+    args.run(args)
+  except config_lib.ConfigError as e:
+    raise SystemExit(f'error: {e}') from e

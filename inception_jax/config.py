@@ -5,7 +5,19 @@ and override what they need. Any field can be overridden on the command line
 (``--config.batch_size=256``); an unknown field is an error.
 """
 
+import pathlib
+from typing import Sequence
+
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
+from ml_collections.config_dict import placeholder
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'experiments' / 'configs'
+
+
+class ConfigError(ValueError):
+  """A config file that is missing, or an override that names no field or misparses."""
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -14,7 +26,16 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # Model: a name accepted by `inception_jax.models.create_model`.
   config.model = 'googlenet'
-  config.model_options = ml_collections.ConfigDict()  # extra create_model kwargs
+  # Overrides of the variant's defaults (None keeps the variant's value).
+  config.model_options = ml_collections.ConfigDict({
+      'width': placeholder(float),  # channel multiplier
+      'init_scheme': placeholder(str),  # 'caffe', 'he' or 'torchvision'
+      'aux_heads': placeholder(bool),
+      'lrn': placeholder(bool),
+      'naive_blocks': placeholder(bool),
+      'dropout_rate': placeholder(float),
+      'aux_dropout_rate': placeholder(float),
+  })
   config.dtype = 'float32'  # compute dtype; parameters stay float32
   config.aux_weight = 0.3  # weight of each auxiliary classifier's loss
   config.label_smoothing = 0.0
@@ -68,4 +89,42 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.init_from = ''  # checkpoint to fine-tune from (work dir or step dir)
   config.init_from_reinit = ''  # regex of extra param paths allowed to stay fresh
   config.freeze_backbone = False
+
+  # Several processes (see inception_jax/distributed.py): set all three, or none on
+  # Cloud TPU VMs and SLURM, where JAX detects them.
+  config.coordinator_address = ''  # host:port of process 0
+  config.num_processes = 0  # 0 = detect
+  config.process_id = -1  # -1 = detect
+  config.distributed_timeout_seconds = 300  # peers must arrive (and keep beating) within this
   return config
+
+
+def load(source: str | pathlib.Path | ml_collections.ConfigDict,
+         overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads a `get_config()` file (or takes a config) and applies `--config.field=value`.
+
+  Raises ConfigError with a message naming an unknown field or a bad value.
+  """
+  is_file = not isinstance(source, ml_collections.ConfigDict)
+  if is_file and not pathlib.Path(source).exists():
+    raise ConfigError(f'config file {source} not found; experiment configs live in {CONFIGS}.')
+  bad = [o for o in overrides if not o.startswith('--config.')]
+  if bad:
+    raise ConfigError(f'unrecognized arguments {bad}: config fields are set as '
+                      '--config.<field>=<value>.')
+  argv = ['inception_jax', *overrides]
+  flag_values = flags.FlagValues()
+  try:
+    if is_file:
+      config_flags.DEFINE_config_file('config', str(source), flag_values=flag_values,
+                                      lock_config=True, sys_argv=argv)
+    else:
+      config_flags.DEFINE_config_dict('config', source, flag_values=flag_values,
+                                      lock_config=True, sys_argv=argv)
+    flag_values(argv)
+  except AttributeError as e:
+    raise ConfigError(f'unknown config field {e} in {list(overrides)}; the fields are '
+                      'listed in inception_jax/config.py.') from e
+  except (flags.Error, KeyError, ValueError, TypeError) as e:
+    raise ConfigError(f'bad config override in {list(overrides)}: {e}') from e
+  return flag_values.config

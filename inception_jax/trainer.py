@@ -17,8 +17,10 @@ from typing import Any, Iterator
 from absl import logging
 import jax
 import ml_collections
+import numpy as np
 
 from inception_jax import checkpointing
+from inception_jax import distributed
 from inception_jax import finetune
 from inception_jax import input_pipeline
 from inception_jax import metric_logging
@@ -50,8 +52,9 @@ class _SigtermFlag:
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.GoogLeNet:
   """The model the config names, for `num_classes` classes."""
+  options = {k: v for k, v in config.model_options.to_dict().items() if v is not None}
   return models.create_model(config.model, num_classes=num_classes, dtype=config.dtype,
-                             **config.model_options.to_dict())
+                             **options)
 
 
 def checkpoint_meta(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo
@@ -62,12 +65,17 @@ def checkpoint_meta(config: ml_collections.ConfigDict, info: input_pipeline.Data
           'dataset': info.name, 'class_names': list(info.class_names)}
 
 
+def fetch(tree: Any) -> Any:
+  """Host copies of replicated arrays, also where other processes hold replicas."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
 def evaluate(eval_step: Any, state: Any, batches: Iterator[dict[str, jax.Array]]
              ) -> dict[str, float]:
   """Top-1, top-5 and mean loss over every real example of `batches`."""
   totals: dict[str, float] = {}
   for batch in batches:
-    counts = jax.device_get(eval_step(state, batch))
+    counts = fetch(eval_step(state, batch))
     for key, value in counts.items():
       totals[key] = totals.get(key, 0.0) + float(value)
   count = max(totals.get('count', 0.0), 1.0)
@@ -80,16 +88,13 @@ def _save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
     f.write(config.to_json_best_effort(indent=1, sort_keys=True))
 
 
-def _scalars(metrics: Any, prefix: str) -> dict[str, float]:
-  return {f'{prefix}_{k}': float(v) for k, v in jax.device_get(metrics).items()}
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                        ) -> dict[str, float]:
   """Trains and evaluates; returns the final evaluation metrics.
 
   Raises Preempted after saving a checkpoint when SIGTERM arrives.
   """
+  distributed.initialize(config)
   workdir = pathlib.Path(workdir)
   is_main = jax.process_index() == 0
   if is_main:
@@ -117,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     logging.info('resumed from step %d in %s', restored.step, manager.directory)
   elif config.init_from:
     state = finetune.init_from_checkpoint(state, config.init_from, config)
-  start_step = int(jax.device_get(state.step))
+  start_step = int(fetch(state.step))
   writer = metric_logging.MetricWriter(workdir, enabled=is_main)
   train_step = train.make_train_step(config, mesh, state_sharding)
   eval_step = train.make_eval_step(mesh, state_sharding)
@@ -137,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     return result
 
   def save(step: int, metrics: Any, eval_result: dict[str, float] | None = None) -> None:
-    train.check_finite(jax.device_get(metrics), step)  # never checkpoint a NaN state
+    train.check_finite(fetch(metrics), step)  # never checkpoint a NaN state
     checkpointing.save(manager, step, state, meta,
                        eval_top1=None if eval_result is None else eval_result['top1'])
 
@@ -146,14 +151,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   with _SigtermFlag() as sigterm:
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = train_step(state, next(batches))
-      window_steps += 1
+      if step == start_step + 1:  # compilation: keep it out of the throughput
+        jax.block_until_ready(metrics)
+        if is_main:
+          print(f'first step (with compilation) took {time.time() - window_start:.1f} s',
+                flush=True)
+        window_start, window_steps = time.time(), 0
+      else:
+        window_steps += 1
       last = step == total_steps
       if step % config.log_every_steps == 0 or last:
-        scalars = jax.device_get(metrics)
+        scalars = fetch(metrics)
         train.check_finite(scalars, step)
         elapsed = time.time() - window_start
         writer.write(step, {f'train_{k}': float(v) for k, v in scalars.items()})
-        if is_main:
+        if is_main and window_steps:
           print(metric_logging.progress_line(
               step, total_steps, steps_per_epoch, scalars,
               window_steps * config.batch_size / elapsed,
@@ -162,10 +174,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       evaluated = step % config.eval_every_steps == 0 or last
       if evaluated:
         eval_result = run_eval(step)
-      if step % config.checkpoint_every_steps == 0 or last or evaluated:
+      saved = step % config.checkpoint_every_steps == 0 or last or evaluated
+      if saved:
         save(step, metrics, eval_result if evaluated else None)
       if sigterm.event.is_set():
-        save(step, metrics)
+        if not saved:
+          save(step, metrics)
         manager.wait_until_finished()
         writer.close()
         if is_main:

@@ -1,0 +1,136 @@
+"""`python -m inception_jax evaluate`: trained models on the held-out split.
+
+One model or an ensemble (`--ensemble`), with 1, 10 or 144 crops per image as
+in the paper's Table 3. Crops of one image, and the models of an ensemble, are
+averaged in softmax space. Every example of the split is counted exactly once
+(padded batches carry a mask). Uses the Polyak-averaged parameters when a
+checkpoint has them.
+"""
+
+import dataclasses
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from inception_jax import checkpointing
+from inception_jax import input_pipeline
+from inception_jax import models
+from inception_jax import train
+from inception_jax import trainer
+
+CROPS = (1, 10, 144)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """A model rebuilt from a checkpoint, ready for inference."""
+  path: str
+  step: int
+  model: models.GoogLeNet
+  variables: Any
+  config: ml_collections.ConfigDict
+
+
+def log_probs(model: models.GoogLeNet, variables: Any, images: jax.Array) -> jax.Array:
+  """[B, classes] log-probabilities; images [B, H, W, 3] or [B, crops, H, W, 3].
+
+  With crops, the softmax probabilities of an image's crops are averaged.
+  """
+  if images.ndim == 4:
+    return jax.nn.log_softmax(model.apply(variables, images, train=False).logits)
+  batch, crops = images.shape[:2]
+  logits = model.apply(variables, images.reshape(batch * crops, *images.shape[2:]),
+                       train=False).logits
+  per_crop = jax.nn.log_softmax(logits).reshape(batch, crops, -1)
+  return jax.nn.logsumexp(per_crop, axis=1) - jnp.log(crops)
+
+
+def workdir_of(path: str | pathlib.Path) -> pathlib.Path:
+  """The run directory (holding config.json) of a work dir or checkpoint path."""
+  root, _ = checkpointing.find_checkpoint(path)
+  return root.parent
+
+
+def load_model(path: str | pathlib.Path, config: ml_collections.ConfigDict) -> LoadedModel:
+  """Rebuilds the model of a checkpoint (work dir, checkpoints/ or a step dir).
+
+  `config` is its run's config (`trainer.load_config(workdir_of(path))`).
+  """
+  restored = checkpointing.load_raw(path)
+  state = restored.state
+  variables = {'params': state.get('ema_params') or state['params']}
+  if state.get('batch_stats'):
+    variables['batch_stats'] = state['batch_stats']
+  model = trainer.build_model(config, restored.meta['num_classes'])
+  return LoadedModel(path=str(path), step=restored.step, model=model, variables=variables,
+                     config=config)
+
+
+def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(probabilities [N, classes], labels [N]) for every example of config.eval_split."""
+  if crops not in CROPS:
+    raise ValueError(f'crops must be one of {CROPS}, got {crops}.')
+  mesh = train.create_mesh()
+  variables = jax.device_put(loaded.variables, train.replicated(mesh))
+  forward = jax.jit(lambda v, x: jnp.exp(log_probs(loaded.model, v, x)),
+                    in_shardings=(train.replicated(mesh), train.batch_sharding(mesh)),
+                    out_shardings=train.replicated(mesh))
+  probs, labels = [], []
+  for batch in input_pipeline.create_eval_iterator(config, mesh, crops=crops):
+    keep = np.asarray(jax.device_get(batch['mask'])) > 0
+    probs.append(np.asarray(jax.device_get(forward(variables, batch['image'])))[keep])
+    labels.append(np.asarray(jax.device_get(batch['label']))[keep])
+  return np.concatenate(probs), np.concatenate(labels)
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """Top-1, top-5 (top-k for fewer classes) accuracy and mean negative log-likelihood."""
+  k = min(5, probs.shape[-1])
+  top_k = np.argsort(-probs, axis=-1)[:, :k]
+  nll = -np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12))
+  return {'top1': float(np.mean(top_k[:, 0] == labels)),
+          'top5': float(np.mean((top_k == labels[:, None]).any(axis=-1))),
+          'loss': float(np.mean(nll)), 'count': int(len(labels))}
+
+
+def evaluate_paths(paths: Sequence[str], crops: int,
+                   configs: Sequence[ml_collections.ConfigDict]) -> dict[str, Any]:
+  """Metrics of each model in `paths` (with its run's config) and of their ensemble.
+
+  The data (set, split, image size) come from the first model's config; the
+  others must agree.
+  """
+  loaded = [load_model(p, c) for p, c in zip(paths, configs, strict=True)]
+  data_config = loaded[0].config
+  for other in loaded[1:]:
+    for field in ('dataset', 'eval_split', 'image_size'):
+      if other.config[field] != data_config[field]:
+        raise ValueError(f'ensemble members disagree on {field}: {loaded[0].path} has '
+                         f'{data_config[field]!r}, {other.path} has {other.config[field]!r}.')
+  results, all_probs, labels = [], [], None
+  for member in loaded:
+    probs, labels = predict_split(member, data_config, crops)
+    all_probs.append(probs)
+    results.append({'path': member.path, 'step': member.step,
+                    **classification_metrics(probs, labels)})
+  report = {'crops': crops, 'models': results}
+  if len(loaded) > 1:
+    report['ensemble'] = classification_metrics(np.mean(all_probs, axis=0), labels)
+  return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+  """A small Markdown table of the report."""
+  lines = ["| model | crops | top-1 | top-5 | loss | examples |", '|---|---:|---:|---:|---:|---:|']
+  rows = [(f"{r['path']} (step {r['step']})", r) for r in report['models']]
+  if 'ensemble' in report:
+    rows.append((f"ensemble of {len(report['models'])}", report['ensemble']))
+  for name, r in rows:
+    lines.append(f"| {name} | {report['crops']} | {r['top1']:.4f} | {r['top5']:.4f} | "
+                 f"{r['loss']:.4f} | {r['count']} |")
+  return '\n'.join(lines)

@@ -1,0 +1,139 @@
+"""Runs the training step on 1 device and on 8, and prints what differs as JSON.
+
+Usage: python multidevice_step_check.py [MODEL ...] (default: both tiny models),
+with XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu.
+`tests/test_train_multidevice.py` runs it in subprocesses, one per model: the
+device count is fixed when JAX starts, so it cannot change inside pytest.
+
+For each model, one state is created on the 8-device mesh and copied to a
+1-device mesh; both take the same steps on the same global batches (16 images, 2
+per device). The report has the largest absolute differences between the two
+runs (parameters, BatchNorm statistics, EMA; metrics relative to max(1, |value|)),
+the largest parameter change and the difference a changed dropout key makes (for
+scale), and, for BatchNorm models, the first BatchNorm layer's running mean
+after one step against the same statistic computed by hand on the whole batch
+and on one device's share of it.
+"""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from inception_jax import config as config_lib
+from inception_jax import models, train
+
+MODELS = ('googlenet_tiny', 'googlenet_bn_tiny')
+BATCH_SIZE, IMAGE_SIZE, NUM_CLASSES, STEPS = 16, 32, 5, 2
+BN_MOMENTUM = 0.9  # layers.ConvReLU's BatchNorm: new = 0.9 * old + 0.1 * batch statistic
+
+
+def _config(model: str):
+  config = config_lib.get_base_config()
+  config.update(model=model, batch_size=BATCH_SIZE, recipe='paper', learning_rate=0.01,
+                ema_decay=0.9, label_smoothing=0.1, aux_weight=0.3)
+  return config
+
+
+def _max_abs_diff(a, b) -> float:
+  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(
+      np.asarray(x, np.float64) - np.asarray(y, np.float64)))), a, b))
+  return max(diffs, default=0.0)
+
+
+def _conv1_mean(params, images: np.ndarray) -> np.ndarray:
+  """conv1's per-channel mean over batch and space (googlenet_bn's conv1 has no bias)."""
+  conv = jax.lax.conv_general_dilated(
+      jnp.asarray(images), params['conv1']['conv']['kernel'], (2, 2), [(3, 3), (3, 3)],
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=jax.lax.Precision.HIGHEST)
+  return np.asarray(conv.mean(axis=(0, 1, 2)))
+
+
+def _run(step, state, mesh, batches) -> list:
+  """Host copies of (state, metrics) after each of `batches`."""
+  history = []
+  for batch in batches:
+    state, metrics = step(state, jax.device_put(batch, train.batch_sharding(mesh)))
+    history.append(jax.device_get((state, metrics)))
+  return history
+
+
+def compare(model_name: str) -> dict[str, float]:
+  """Runs STEPS steps on 8 devices and on 1 from the same state; returns the differences.
+
+  A third run, on 8 devices with another dropout key, shows how large a real
+  difference would be.
+  """
+  config = _config(model_name)
+  model = models.create_model(model_name, num_classes=NUM_CLASSES)
+  mesh8, mesh1 = train.create_mesh(), train.create_mesh(jax.devices()[:1])
+  state8, sharding8 = train.create_train_state(
+      config, model, (1, IMAGE_SIZE, IMAGE_SIZE, 3), mesh8, steps_per_epoch=10)
+  replicated = all(x.sharding.is_fully_replicated and len(x.sharding.device_set) == 8
+                   for x in jax.tree.leaves(state8))
+  initial = jax.device_get(state8)
+  sharding1 = jax.tree.map(lambda _: train.replicated(mesh1), sharding8)
+  other_key = initial.replace(rng=jax.random.key_data(jax.random.key(config.seed + 1)))
+  step8 = train.make_train_step(config, mesh8, sharding8, models.INIT_COMPILER_OPTIONS)
+  step1 = train.make_train_step(config, mesh1, sharding1, models.INIT_COMPILER_OPTIONS)
+  rng = np.random.default_rng(0)
+  batches = [{'image': rng.normal(size=(BATCH_SIZE, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
+              'label': rng.integers(0, NUM_CLASSES, BATCH_SIZE).astype(np.int32)}
+             for _ in range(STEPS)]
+  on8 = _run(step8, state8, mesh8, batches)
+  on1 = _run(step1, jax.device_put(initial, sharding1), mesh1, batches)
+  control = _run(step8, jax.device_put(other_key, sharding8), mesh8, batches)
+  (state8, metrics8), (state1, metrics1) = on8[-1], on1[-1]
+  report = {
+      'params': _max_abs_diff(state8.params, state1.params),
+      'ema_params': _max_abs_diff(state8.ema_params, state1.ema_params),
+      'batch_stats': _max_abs_diff(state8.batch_stats, state1.batch_stats),
+      'metrics_relative': max(float(abs(metrics8[k] - metrics1[k]) / max(1.0, abs(metrics1[k])))
+                              for k in metrics8),
+      'metric_names': sorted(metrics8),
+      'param_change': _max_abs_diff(state8.params, initial.params),
+      'params_with_another_dropout_key': _max_abs_diff(control[-1][0].params, state1.params),
+      'state_replicated': replicated,
+  }
+  if initial.batch_stats:
+    report.update(_first_bn_layer(initial, on8[0][0], batches[0]['image']))
+  return report
+
+
+def _first_bn_layer(initial, after_one_step, images: np.ndarray) -> dict[str, float]:
+  """Step 1's running mean of conv1/bn against hand-computed global and per-device ones."""
+  running = np.asarray(after_one_step.batch_stats['conv1']['bn']['mean'])
+  start = np.asarray(initial.batch_stats['conv1']['bn']['mean'])
+  expected_global = BN_MOMENTUM * start + (1 - BN_MOMENTUM) * _conv1_mean(initial.params, images)
+  per_device = BATCH_SIZE // jax.device_count()
+  expected_device0 = BN_MOMENTUM * start + (1 - BN_MOMENTUM) * _conv1_mean(
+      initial.params, images[:per_device])
+  return {'bn_vs_global_batch': float(np.max(np.abs(running - expected_global))),
+          'bn_vs_first_device_share': float(np.max(np.abs(running - expected_device0))),
+          'bn_running_mean_scale': float(np.max(np.abs(running - start)))}
+
+
+def indivisible_batch_error() -> str:
+  """The message make_train_step gives for a batch of 12 on 8 devices."""
+  config = _config('googlenet_tiny')
+  config.batch_size = 12
+  try:
+    train.make_train_step(config, train.create_mesh(), None)
+  except ValueError as error:
+    return str(error)
+  return ''
+
+
+def main(model_names: list[str]) -> None:
+  if jax.device_count() != 8:
+    sys.exit(f'expected 8 devices, found {jax.device_count()}: run with '
+             'XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu')
+  report = {name: compare(name) for name in model_names or MODELS}
+  report['indivisible_batch_error'] = indivisible_batch_error()
+  print(json.dumps(report))
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])

@@ -1,0 +1,315 @@
+"""Tests of inception_jax.train on one device: the loss, the step, evaluation, NaN guard.
+
+The GoogLeNet tests share one compiled step (module-scoped fixture). Steps are
+compiled with `models.INIT_COMPILER_OPTIONS` (XLA backend optimizations off),
+which cuts compile time on CPU about threefold; results are still bit-for-bit
+reproducible, which is what these tests rely on. Mechanics that need other
+configurations (gradient accumulation, crops) use small stand-in models that
+compile in a moment.
+"""
+
+import math
+import types
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from inception_jax import config as config_lib
+from inception_jax import models, optim, train
+
+NUM_CLASSES = 5
+IMAGE_SHAPE = (1, 32, 32, 3)
+FAST = models.INIT_COMPILER_OPTIONS
+
+
+def _config(**overrides) -> ml_collections.ConfigDict:
+  config = config_lib.get_base_config()
+  config.update(dict(model='googlenet_tiny', batch_size=8, recipe='modern', optimizer='adamw',
+                     learning_rate=3e-3, warmup_epochs=0.0, num_train_steps=100,
+                     ema_decay=0.9, aux_weight=0.3), **overrides)
+  return config
+
+
+def _copy(state: train.TrainState) -> train.TrainState:
+  """A copy with its own buffers, since the compiled step donates its input state."""
+  return jax.tree.map(jnp.copy, state)
+
+
+def _tiny_batch(size: int = 8, seed: int = 1) -> dict[str, jax.Array]:
+  images = jax.random.normal(jax.random.key(seed), (size, *IMAGE_SHAPE[1:]))
+  return {'image': images, 'label': jnp.arange(size, dtype=jnp.int32) % NUM_CLASSES}
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  """googlenet_tiny's state (seed 0, EMA on), its compiled train and eval steps."""
+  config = _config()
+  model = models.create_model('googlenet_tiny', num_classes=NUM_CLASSES)
+  mesh = train.create_mesh()
+  state, sharding = train.create_train_state(config, model, IMAGE_SHAPE, mesh, 100)
+  return types.SimpleNamespace(
+      config=config, model=model, mesh=mesh, state=state, sharding=sharding,
+      step=train.make_train_step(config, mesh, sharding, FAST),
+      eval_step=train.make_eval_step(mesh, sharding, FAST))
+
+
+def _norm(tree) -> float:
+  """The global norm of a tree of host arrays, in float64."""
+  return math.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
+
+
+def _run(tiny, state, steps: int, batch=None):
+  batch = _tiny_batch() if batch is None else batch
+  history = []
+  for _ in range(steps):
+    state, metrics = tiny.step(state, batch)
+    history.append(jax.device_get(metrics))
+  return state, history
+
+
+# The loss and accuracy, with hand-made logits.
+
+LN = math.log
+
+
+def test_cross_entropy_by_hand():
+  logits = jnp.array([[0.0, LN(3)], [0.0, LN(3)]])
+  np.testing.assert_allclose(train.cross_entropy(logits, jnp.array([1, 0])),
+                             [LN(4 / 3), LN(4)], rtol=1e-6)
+  # Smoothing 0.2 over 2 classes: targets (0.1, 0.9) for label 1.
+  np.testing.assert_allclose(train.cross_entropy(logits[:1], jnp.array([1]), 0.2),
+                             [0.1 * LN(4) + 0.9 * LN(4 / 3)], rtol=1e-6)
+
+
+def _output_with_aux() -> models.ModelOutput:
+  """Label 1: main p = 3/4, aux1 p = 1/2, aux2 p = 1/4."""
+  return models.ModelOutput(logits=jnp.array([[0.0, LN(3)]]),
+                            aux_logits=(jnp.zeros((1, 2)), jnp.array([[LN(3), 0.0]])))
+
+
+@pytest.mark.parametrize('aux_weight', [0.3, 1.0])
+def test_loss_weights_each_aux_head_by_aux_weight(aux_weight):
+  loss, terms = train.classification_loss(_output_with_aux(), jnp.array([1]), aux_weight)
+  expected = LN(4 / 3) + aux_weight * (LN(2) + LN(4))
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  np.testing.assert_allclose(terms['loss'], expected, rtol=1e-6)
+  np.testing.assert_allclose(terms['main_loss'], LN(4 / 3), rtol=1e-6)
+  np.testing.assert_allclose(terms['aux1_loss'], LN(2), rtol=1e-6)
+  np.testing.assert_allclose(terms['aux2_loss'], LN(4), rtol=1e-6)
+
+
+def test_zero_aux_weight_or_no_aux_heads_give_the_main_loss_alone():
+  loss, terms = train.classification_loss(_output_with_aux(), jnp.array([1]), 0.0)
+  assert float(loss) == float(terms['main_loss'])
+  np.testing.assert_allclose(terms['aux2_loss'], LN(4), rtol=1e-6)  # still reported
+  no_aux = models.ModelOutput(logits=jnp.array([[0.0, LN(3)]]))
+  loss, terms = train.classification_loss(no_aux, jnp.array([1]), 0.3)
+  assert set(terms) == {'loss', 'main_loss'}
+  np.testing.assert_allclose(loss, LN(4 / 3), rtol=1e-6)
+
+
+def test_top_k_correct_by_hand():
+  logits = jnp.array([[0.0, 1, 2, 3, 4, 5, 6], [6.0, 5, 4, 3, 2, 1, 0]])
+  labels = jnp.array([6, 6])
+  assert train.top_k_correct(logits, labels, 1).tolist() == [True, False]
+  assert train.top_k_correct(logits, labels, 5).tolist() == [True, False]
+  assert train.top_k_correct(logits, jnp.array([1, 1]), 5).tolist() == [False, True]
+  assert train.top_k_correct(logits[:, :3], jnp.array([0, 2]), 5).tolist() == [True, True]
+
+
+# The step on googlenet_tiny.
+
+
+def test_state_is_created_replicated_with_its_parts(tiny):
+  state = tiny.state
+  assert int(state.step) == 0 and state.batch_stats == {}
+  assert state.rng.dtype == jnp.uint32
+  for leaf in jax.tree.leaves(state):
+    assert leaf.sharding.is_equivalent_to(train.replicated(tiny.mesh), leaf.ndim)
+  jax.tree.map(np.testing.assert_array_equal, state.ema_params, state.params)
+
+
+def test_step_updates_state_and_reports_every_metric(tiny):
+  state = _copy(tiny.state)
+  before = jax.device_get(state)
+  batch = _tiny_batch()
+  new_state, metrics = tiny.step(state, batch)
+  after, metrics = jax.device_get((new_state, metrics))
+  assert set(metrics) == {'loss', 'main_loss', 'aux1_loss', 'aux2_loss', 'top1', 'top5',
+                          'learning_rate', 'grad_norm', 'param_norm', 'update_norm'}
+  assert int(after.step) == 1
+  np.testing.assert_allclose(metrics['loss'], metrics['main_loss'] + 0.3 * (
+      metrics['aux1_loss'] + metrics['aux2_loss']), rtol=1e-6)
+  assert metrics['top5'] == 1.0  # 5 classes: the label is always in the top 5
+  lr = optim.create_learning_rate_schedule(tiny.config, 100)(0)
+  np.testing.assert_allclose(metrics['learning_rate'], lr, rtol=1e-7)
+  np.testing.assert_allclose(metrics['param_norm'], _norm(after.params), rtol=1e-5)
+  update = jax.tree.map(lambda new, old: new - old, after.params, before.params)
+  np.testing.assert_allclose(metrics['update_norm'], _norm(update), rtol=1e-4)
+  assert metrics['grad_norm'] > 0 and metrics['update_norm'] > 0
+  # Polyak averaging with decay 0.9, from the initial parameters.
+  jax.tree.map(lambda ema, old, new: np.testing.assert_allclose(
+      ema, 0.9 * old + 0.1 * new, rtol=1e-6, atol=1e-7),
+               after.ema_params, before.ema_params, after.params)
+
+
+def test_dropout_key_is_the_base_key_folded_with_the_step(tiny):
+  state = _copy(tiny.state)
+  batch = _tiny_batch()
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 0)
+  forward = jax.jit(lambda params, images, rng: tiny.model.apply(
+      {'params': params}, images, train=True, rngs={'dropout': rng}))
+  output = forward(state.params, batch['image'], key)
+  _, metrics = tiny.step(state, batch)
+  expected = train.cross_entropy(output.logits, batch['label']).mean()
+  np.testing.assert_allclose(metrics['main_loss'], expected, rtol=1e-5)
+  other = forward(tiny.state.params, batch['image'], jax.random.fold_in(key, 1))
+  assert abs(float(train.cross_entropy(other.logits, batch['label']).mean()) - expected) > 1e-4
+
+
+def test_same_seed_is_bit_identical_and_another_seed_differs(tiny):
+  first, _ = _run(tiny, _copy(tiny.state), 3)
+  second, _ = _run(tiny, _copy(tiny.state), 3)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(first), jax.device_get(second))
+  other_seed, _ = train.create_train_state(_config(seed=1), tiny.model, IMAGE_SHAPE, tiny.mesh,
+                                           100)
+  assert not np.array_equal(other_seed.rng, tiny.state.rng)
+  # Into the fixture's tree structure (the same static fields), so the step is reused.
+  other_seed = jax.tree.unflatten(jax.tree.structure(tiny.state), jax.tree.leaves(other_seed))
+  other, _ = _run(tiny, other_seed, 3)
+  for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(other.params)):
+    assert not np.allclose(a, b)
+
+
+def test_overfits_a_tiny_batch(tiny):
+  batch = {**_tiny_batch(), 'mask': jnp.ones(8)}
+  state = _copy(tiny.state)
+  start = jax.device_get(tiny.eval_step(state, batch))
+  state, history = _run(tiny, state, 100, {k: batch[k] for k in ('image', 'label')})
+  end = jax.device_get(tiny.eval_step(state, batch))
+  # Evaluation (no dropout, EMA parameters) on the 8 training images.
+  start_loss, end_loss = start['loss_sum'] / 8, end['loss_sum'] / 8
+  assert start_loss > 1.5 and end_loss < start_loss / 5, (start_loss, end_loss)
+  assert end['correct_top1'] == 8 and end['count'] == 8
+  assert np.mean([m['loss'] for m in history[-10:]]) < history[0]['loss'] / 3
+
+
+def test_nan_input_stops_with_a_clear_error(tiny):
+  batch = _tiny_batch()
+  batch['image'] = batch['image'].at[3, 5, 5, 0].set(jnp.nan)
+  _, metrics = tiny.step(_copy(tiny.state), batch)
+  with pytest.raises(FloatingPointError, match=r'^step 1: loss is nan; aux1_loss is nan; '):
+    train.check_finite(jax.device_get(metrics), step=1)
+
+
+def test_check_finite_names_the_step_and_the_metric():
+  train.check_finite({'loss': 2.0, 'grad_norm': 1.0, 'top1': float('nan')}, step=3)
+  with pytest.raises(FloatingPointError, match=r'^step 12: grad_norm is inf; .*learning_rate'):
+    train.check_finite({'loss': np.float32(2.0), 'grad_norm': np.float32(np.inf)}, step=12)
+  with pytest.raises(FloatingPointError, match=r'^step 7: loss is nan'):
+    train.check_finite({'loss': jnp.float32(jnp.nan)}, step=7)
+
+
+def test_state_saves_and_restores_whole_with_orbax(tiny, tmp_path):
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / 'state', tiny.state)
+  checkpointer.wait_until_finished()
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, tiny.state)
+  restored = checkpointer.restore(tmp_path / 'state', abstract)
+  assert restored.batch_stats == {} and restored.tx is tiny.state.tx
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored),
+               jax.device_get(tiny.state))
+
+
+def test_the_step_compiled_once(tiny):
+  state, _ = _run(tiny, _copy(tiny.state), 3)
+  tiny.step(state, _tiny_batch(seed=7))
+  assert tiny.step._cache_size() == 1  # pylint: disable=protected-access
+
+
+# Mechanics checked on small stand-in models.
+
+
+class _MeanLinear(nn.Module):
+  """logits = (mean of the image over pixels) @ kernel + bias: outputs easy to compute."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool) -> models.ModelOutput:
+    del train
+    return models.ModelOutput(logits=nn.Dense(self.num_classes, name='classifier')(
+        images.mean(axis=(1, 2))))
+
+
+def _linear_state(config, num_classes: int = 7, image_size: int = 4):
+  mesh = train.create_mesh()
+  state, sharding = train.create_train_state(config, _MeanLinear(num_classes),
+                                             (1, image_size, image_size, 3), mesh, 10)
+  return state, sharding, mesh
+
+
+def _numpy_eval(params, images, labels, mask):
+  """The expected eval counts: softmax averaged over crops, in float64."""
+  kernel, bias = (np.asarray(params['classifier'][k], np.float64) for k in ('kernel', 'bias'))
+  logits = images.astype(np.float64).mean(axis=(-3, -2)) @ kernel + bias
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  if probs.ndim == 3:
+    probs = probs.mean(axis=1)
+  ranks = (probs > probs[np.arange(len(labels)), labels][:, None]).sum(-1)
+  nll = -np.log(probs[np.arange(len(labels)), labels])
+  return {'correct_top1': np.sum(mask * (ranks < 1)), 'correct_top5': np.sum(mask * (ranks < 5)),
+          'loss_sum': np.sum(mask * nll), 'count': np.sum(mask)}
+
+
+@pytest.mark.parametrize('crops', [None, 10])
+def test_eval_step_averages_softmax_over_crops_and_counts_masked_in_examples(crops):
+  state, sharding, mesh = _linear_state(_config(ema_decay=0.5))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), state.params)
+  ema = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), state.params)
+  state = state.replace(params=params, ema_params=ema)
+  shape = (8, 4, 4, 3) if crops is None else (8, crops, 4, 4, 3)
+  batch = {'image': rng.normal(scale=3.0, size=shape).astype(np.float32),
+           'label': rng.integers(0, 7, 8).astype(np.int32),
+           'mask': np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)}
+  got = jax.device_get(train.make_eval_step(mesh, sharding)(state, batch))
+  expected = _numpy_eval(ema, batch['image'], batch['label'], batch['mask'])  # EMA params
+  assert set(got) == set(expected)
+  for name, value in expected.items():
+    np.testing.assert_allclose(got[name], value, rtol=1e-5, err_msg=name)
+  assert got['count'] == 6
+  assert not np.isclose(_numpy_eval(params, batch['image'], batch['label'],
+                                    batch['mask'])['loss_sum'], expected['loss_sum'])
+
+
+def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
+  """Two accumulated half batches update like one step on both; EMA follows updates."""
+  overrides = dict(recipe='paper', optimizer='sgd', learning_rate=0.5, weight_decay=1e-3,
+                   ema_decay=0.5, aux_weight=0.0, batch_size=4)
+  accumulated, sharding_k, mesh = _linear_state(_config(grad_accum_steps=2, **overrides))
+  whole, sharding_1, _ = _linear_state(_config(**overrides))
+  step_k = train.make_train_step(_config(grad_accum_steps=2, **overrides), mesh, sharding_k)
+  step_1 = train.make_train_step(_config(**overrides), mesh, sharding_1)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.normal(size=(8, 4, 4, 3)).astype(np.float32),
+           'label': rng.integers(0, 7, 8).astype(np.int32)}
+  halves = [jax.tree.map(lambda x, i=i: x[4 * i:4 * (i + 1)], batch) for i in range(2)]
+  initial = jax.device_get(accumulated.params)
+  accumulated, first = step_k(accumulated, halves[0])
+  np.testing.assert_array_equal(first['update_norm'], 0.0)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(accumulated.params), initial)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(accumulated.ema_params), initial)
+  accumulated, second = step_k(accumulated, halves[1])
+  whole, reference = step_1(whole, batch)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               jax.device_get(accumulated.params), jax.device_get(whole.params))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               jax.device_get(accumulated.ema_params), jax.device_get(whole.ema_params))
+  np.testing.assert_allclose(second['update_norm'], reference['update_norm'], rtol=1e-5)
+  assert first['learning_rate'] == second['learning_rate'] == reference['learning_rate']

@@ -1,0 +1,229 @@
+"""The trainer end to end on the embedded digits: logs, checkpoints, resume, preemption."""
+
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import default
+from inception_jax import checkpointing
+from inception_jax import config as config_lib
+from inception_jax import evaluation
+from inception_jax import finetune
+from inception_jax import metric_logging
+from inception_jax import trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 8
+
+
+def tiny_config(data_dir: pathlib.Path, **fields):
+  """The default config shrunk to googlenet_tiny and a few steps of 32 digits."""
+  config = default.get_config()
+  config.model = 'googlenet_tiny'
+  config.model_options.width = 1 / 8  # the tiny variant's own width, explicit for the CLI
+  config.data_dir = str(data_dir)
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.num_train_steps = STEPS
+  config.warmup_epochs = 0.0
+  config.deterministic_data = True
+  config.log_every_steps = 1
+  config.eval_every_steps = 4
+  config.checkpoint_every_steps = 2
+  for key, value in fields.items():
+    config[key] = value
+  return config
+
+
+def overrides(config) -> list[str]:
+  """The command-line flags that turn the default config into `config`."""
+  flat, base = _flatten(config.to_dict()), _flatten(default.get_config().to_dict())
+  return [f'--config.{key}={value}' for key, value in flat.items() if value != base[key]]
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, data_dir):
+  """One uninterrupted run: (config, workdir, final eval metrics)."""
+  workdir = tmp_path_factory.mktemp('run')
+  config = tiny_config(data_dir)
+  result = trainer.train_and_evaluate(config, workdir)
+  return config, workdir, result
+
+
+def final_params(workdir: pathlib.Path):
+  return checkpointing.load_raw(workdir).state['params']
+
+
+def test_run_writes_checkpoints_logs_and_curves(trained):
+  _, workdir, result = trained
+  assert (workdir / 'config.json').exists()
+  assert (workdir / metric_logging.CURVES_FILE).stat().st_size > 0
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  records = metric_logging.read_metrics(workdir)
+  train_steps = [r['step'] for r in records if 'train_loss' in r]
+  assert train_steps == list(range(1, STEPS + 1))
+  assert [r['step'] for r in records if 'eval_top1' in r] == [4, 8]
+  assert all(np.isfinite(r['train_loss']) for r in records if 'train_loss' in r)
+  steps = checkpointing.create_manager(workdir / 'checkpoints', read_only=True).all_steps()
+  assert STEPS in steps and len(steps) <= 4  # newest 3 plus the best evaluation
+  assert result['count'] == 360  # every test digit counted once (360 = 5 batches of 64, padded)
+
+
+def test_evaluate_reads_the_checkpoint_back(trained):
+  config, workdir, result = trained
+  report = evaluation.evaluate_paths([str(workdir)], 1, [config])
+  member = report['models'][0]
+  assert member['step'] == STEPS and member['count'] == 360
+  assert member['top1'] == pytest.approx(result['top1'], abs=1e-6)
+  assert member['loss'] == pytest.approx(result['loss'], rel=1e-4)
+  ensemble = evaluation.evaluate_paths([str(workdir), str(workdir)], 1, [config, config])
+  assert ensemble['ensemble']['top1'] == pytest.approx(member['top1'], abs=1e-6)
+
+
+def _run_cli(config, workdir, *, stop_after_step: int | None = None,
+             stop_signal: int = signal.SIGKILL) -> tuple[int, str]:
+  """Runs `python -m inception_jax train`; optionally signals it once it logs a step."""
+  cmd = [sys.executable, '-m', 'inception_jax', 'train', '--workdir', str(workdir),
+         *overrides(config)]
+  env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  lines = []
+  try:
+    for line in proc.stdout:
+      lines.append(line)
+      if stop_after_step is not None and line.startswith(f'step {stop_after_step}/'):
+        proc.send_signal(stop_signal)
+        stop_after_step = None
+    return proc.wait(timeout=300), ''.join(lines)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+
+
+def test_sigterm_then_kill9_then_resume_is_bit_identical(trained, tmp_path):
+  config, reference_dir, _ = trained
+  workdir = tmp_path / 'run'
+  config = tiny_config(pathlib.Path(config.data_dir))
+
+  code, output = _run_cli(config, workdir, stop_after_step=3, stop_signal=signal.SIGTERM)
+  assert code == 0, output
+  match = re.search(r'SIGTERM: saved a checkpoint at step (\d+)', output)
+  assert match, output
+  saved = checkpointing.create_manager(workdir / 'checkpoints', read_only=True).all_steps()
+  assert int(match.group(1)) >= 3 and max(saved) == int(match.group(1)), saved
+
+  code, output = _run_cli(config, workdir, stop_after_step=6)
+  assert code == -signal.SIGKILL, output
+  assert 'resuming at step' in output
+
+  code, output = _run_cli(config, workdir)
+  assert code == 0, output
+  jax.tree.map(np.testing.assert_array_equal, final_params(workdir),
+               final_params(reference_dir))
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(trained, tmp_path, caplog):
+  _, reference_dir, _ = trained
+  workdir = tmp_path / 'copy'
+  shutil.copytree(reference_dir, workdir)
+  root = workdir / 'checkpoints'
+  steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+  for f in (root / str(steps[-1]) / 'state').rglob('*'):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(b'damaged')
+  raw = checkpointing.load_raw(root / str(steps[-2]))
+  manager = checkpointing.create_manager(root)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+                          raw.state)
+  restored = checkpointing.restore_latest(manager, abstract, {'model': 'googlenet_tiny'})
+  assert restored.step == steps[-2]
+  assert any('damaged' in r.getMessage() for r in caplog.records)
+  assert (root / f'{steps[-1]}.damaged').is_dir()  # kept for inspection, out of the way
+  assert manager.latest_step() == steps[-2]
+  jax.tree.map(np.testing.assert_array_equal, restored.state['params'], raw.state['params'])
+
+
+def test_checkpoint_of_another_model_is_refused(trained):
+  config, workdir, _ = trained
+  other = tiny_config(pathlib.Path(config.data_dir), model='googlenet_bn_tiny')
+  with pytest.raises(checkpointing.CheckpointMismatchError, match='googlenet_bn_tiny'):
+    trainer.train_and_evaluate(other, workdir)
+
+
+def test_finetune_loads_backbone_and_reinitializes_classifiers(trained):
+  _, workdir, _ = trained
+  source = final_params(workdir)
+  model = trainer.build_model(tiny_config(pathlib.Path('.')), 4)
+  fresh = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3),
+                                                                        np.float32),
+                                            train=False))['params']
+  fresh = jax.tree.map(lambda s: np.full(s.shape, 7.0, s.dtype), fresh)
+  merged, kept = finetune.merge_pretrained(fresh, source)
+  assert sorted(kept) == ['aux1/classifier/bias', 'aux1/classifier/kernel',
+                          'aux2/classifier/bias', 'aux2/classifier/kernel',
+                          'classifier/bias', 'classifier/kernel']
+  flat_merged = flax.traverse_util.flatten_dict(merged, sep='/')
+  flat_source = flax.traverse_util.flatten_dict(source, sep='/')
+  for path, value in flat_merged.items():
+    if path in kept:
+      np.testing.assert_array_equal(value, 7.0)
+    else:
+      np.testing.assert_array_equal(value, flat_source[path])
+  mask = flax.traverse_util.flatten_dict(finetune.classifier_mask(fresh), sep='/')
+  assert sorted(p for p, trained_ in mask.items() if trained_) == sorted(kept)
+
+
+def test_finetune_refuses_other_mismatches(trained):
+  _, workdir, _ = trained
+  source = final_params(workdir)
+  wider = trainer.build_model(tiny_config(pathlib.Path('.')), 10).clone(width=0.25)
+  fresh = jax.eval_shape(lambda: wider.init(jax.random.key(0), np.zeros((1, 32, 32, 3),
+                                                                        np.float32),
+                                            train=False))['params']
+  with pytest.raises(ValueError, match='conv1/conv/kernel'):
+    finetune.merge_pretrained(fresh, source)
+  merged, kept = finetune.merge_pretrained(fresh, source, reinit_pattern='.*')
+  assert 'conv1/conv/kernel' in kept
+  assert jax.tree.map(np.shape, merged) == jax.tree.map(lambda s: s.shape, fresh)
+
+
+def test_unknown_config_field_is_an_error_that_names_it():
+  with pytest.raises(config_lib.ConfigError, match='batch_sise'):
+    config_lib.load(ROOT / 'experiments' / 'configs' / 'default.py', ['--config.batch_sise=3'])
+  config = config_lib.load(ROOT / 'experiments' / 'configs' / 'default.py',
+                           ['--config.batch_size=16', '--config.model_options.lrn=False'])
+  assert config.batch_size == 16 and config.model_options.lrn is False
+
+
+@pytest.mark.parametrize('name', sorted(p.stem for p in (ROOT / 'experiments' / 'configs').glob(
+    '[a-z]*.py')))
+def test_every_experiment_config_loads_and_builds_its_model(name):
+  config = config_lib.load(ROOT / 'experiments' / 'configs' / f'{name}.py')
+  model = trainer.build_model(config, 10)
+  assert model.num_classes == 10
+  assert config.batch_size % 8 == 0  # splits over 8 devices
