@@ -6,7 +6,7 @@ on this machine's CPUs, without JAX arrays or a model.
 
 From the repository root:
 
-  python experiments/benchmark_input_pipeline.py --image_size=224 --batch_size=64
+  python -m experiments.benchmark_input_pipeline --image_size=224 --batch_size=64
 """
 
 import os

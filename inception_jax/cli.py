@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
   _add_train(subparsers)
   _add_evaluate(subparsers)
   _add_plot(subparsers)
+  # These modules define their own commands (and import TensorFlow for the data).
+  from inception_jax import convert, export, inference  # pylint: disable=import-outside-toplevel
+  inference.add_command(subparsers)
+  export.add_command(subparsers)
+  convert.add_command(subparsers)
   return parser
 
 

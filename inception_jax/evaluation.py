@@ -33,20 +33,7 @@ class LoadedModel:
   model: models.GoogLeNet
   variables: Any
   config: ml_collections.ConfigDict
-
-
-def log_probs(model: models.GoogLeNet, variables: Any, images: jax.Array) -> jax.Array:
-  """[B, classes] log-probabilities; images [B, H, W, 3] or [B, crops, H, W, 3].
-
-  With crops, the softmax probabilities of an image's crops are averaged.
-  """
-  if images.ndim == 4:
-    return jax.nn.log_softmax(model.apply(variables, images, train=False).logits)
-  batch, crops = images.shape[:2]
-  logits = model.apply(variables, images.reshape(batch * crops, *images.shape[2:]),
-                       train=False).logits
-  per_crop = jax.nn.log_softmax(logits).reshape(batch, crops, -1)
-  return jax.nn.logsumexp(per_crop, axis=1) - jnp.log(crops)
+  meta: dict[str, Any]
 
 
 def workdir_of(path: str | pathlib.Path) -> pathlib.Path:
@@ -67,7 +54,7 @@ def load_model(path: str | pathlib.Path, config: ml_collections.ConfigDict) -> L
     variables['batch_stats'] = state['batch_stats']
   model = trainer.build_model(config, restored.meta['num_classes'])
   return LoadedModel(path=str(path), step=restored.step, model=model, variables=variables,
-                     config=config)
+                     config=config, meta=restored.meta)
 
 
 def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops: int
@@ -77,7 +64,7 @@ def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops:
     raise ValueError(f'crops must be one of {CROPS}, got {crops}.')
   mesh = train.create_mesh()
   variables = jax.device_put(loaded.variables, train.replicated(mesh))
-  forward = jax.jit(lambda v, x: jnp.exp(log_probs(loaded.model, v, x)),
+  forward = jax.jit(lambda v, x: jnp.exp(train.log_probs(loaded.model.apply, v, x)),
                     in_shardings=(train.replicated(mesh), train.batch_sharding(mesh)),
                     out_shardings=train.replicated(mesh))
   probs, labels = [], []

@@ -63,8 +63,8 @@ def init_from_checkpoint(state: Any, path: str, config: ml_collections.ConfigDic
                                 config.init_from_reinit)
     replace['batch_stats'] = jax.device_put(
         stats, jax.tree.map(lambda x: x.sharding, state.batch_stats))
-  if state.ema_params is not None:
-    replace['ema_params'] = replace['params']
+  if state.ema_params is not None:  # a copy: the step donates both trees
+    replace['ema_params'] = jax.tree.map(jnp.copy, replace['params'])
   if kept:
     print(f'init_from {path}: re-initialized {len(kept)} arrays ({", ".join(sorted(kept))})')
   return state.replace(**replace)

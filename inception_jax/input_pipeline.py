@@ -38,7 +38,7 @@ from typing import Iterator, Mapping, Sequence
 
 from absl import logging
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 import ml_collections
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -46,6 +46,7 @@ from tensorflow_datasets.datasets.siscore import labels as imagenet_labels
 
 from inception_jax import datasets  # registers the embedded data sets with tfds
 from inception_jax import preprocessing
+from inception_jax import train
 
 tf.config.set_visible_devices([], 'GPU')  # TensorFlow must leave the GPUs to JAX
 
@@ -55,7 +56,6 @@ BUILT_ON_FIRST_USE = (datasets.SklearnDigits.name,)
 _EPOCH_STREAM = 0  # seed stream of the per-epoch shuffles
 _AUGMENT_STREAM = 1  # seed stream of the per-example augmentations
 _JPEG_CHECK_RATIO = 8
-_DATA_AXIS = 'data'
 
 Batch = dict[str, jax.Array]
 
@@ -109,7 +109,7 @@ def create_train_iterator(config: ml_collections.ConfigDict, mesh: Mesh,
   B is `config.batch_size`; the arrays are global, sharded over the mesh axis 'data'.
   The first batch is the one of step `start_step`.
   """
-  _check_divisible(config.batch_size, mesh, 'batch_size')
+  train.check_batch_divisible(config.batch_size, mesh, 'batch_size')
   return _global_batches(make_train_dataset(config, start_step=start_step), mesh)
 
 
@@ -122,7 +122,7 @@ def create_eval_iterator(config: ml_collections.ConfigDict, mesh: Mesh,
   crops in (10, 144). Padding examples have mask 0, so summing over `mask` counts each
   example of the split exactly once; every process yields the same number of batches.
   """
-  _check_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
+  train.check_batch_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
   return _global_batches(make_eval_dataset(config, crops=crops), mesh)
 
 
@@ -390,7 +390,7 @@ def _supervised_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
 
 
 @functools.cache
-def _synset_names() -> dict[str, str]:
+def synset_names() -> dict[str, str]:
   """ImageNet synset id -> readable name, from the lists that ship with tfds."""
   synsets = tfds.core.tfds_path('datasets/imagenet2012/labels.txt').read_text().split()
   return dict(zip(synsets, imagenet_labels.IMAGENET_LABELS_LIST, strict=True))
@@ -398,7 +398,7 @@ def _synset_names() -> dict[str, str]:
 
 def _readable_class_names(names: Sequence[str]) -> tuple[str, ...]:
   """Replaces ImageNet synset ids (e.g. 'n01440764') by readable names ('tench, ...')."""
-  readable = _synset_names()
+  readable = synset_names()
   if all(name in readable for name in names):
     return tuple(readable[name] for name in names)
   return tuple(names)
@@ -522,22 +522,9 @@ def _local_batch_size(batch_size: int, process_count: int, field: str) -> int:
   return batch_size // process_count
 
 
-def _check_divisible(batch_size: int, mesh: Mesh, field: str) -> None:
-  """Checks that a global batch splits evenly over the mesh axis 'data'."""
-  if _DATA_AXIS not in mesh.shape:
-    raise ValueError(f"The mesh has axes {mesh.axis_names}; batches are sharded over an "
-                     f"axis named '{_DATA_AXIS}', which it lacks.")
-  devices = mesh.shape[_DATA_AXIS]
-  if batch_size % devices:
-    raise ValueError(
-        f"config.{field}={batch_size} is not divisible by the {devices} devices of the "
-        f"mesh axis '{_DATA_AXIS}'; set it to a multiple of {devices}, e.g. "
-        f'{math.ceil(batch_size / devices) * devices}.')
-
-
 def _global_batches(ds: tf.data.Dataset, mesh: Mesh) -> Iterator[Batch]:
   """Assembles each process's local batches into global arrays sharded on 'data'."""
-  sharding = NamedSharding(mesh, PartitionSpec(_DATA_AXIS))
+  sharding = train.batch_sharding(mesh)
   for local_batch in ds.as_numpy_iterator():
     yield jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)

@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from inception_jax import ops as ops_lib
+
 Array = jax.Array
 
 
@@ -37,15 +39,22 @@ def ceil_pool_padding(size: int, window: int, stride: int, pad: int) -> tuple[in
 
 
 class MaxPool(nn.Module):
-  """Max pooling with Caffe's ceil-mode output size (224 → 112 → 56 → 28 → 14 → 7)."""
+  """Max pooling with Caffe's ceil-mode output size (224 → 112 → 56 → 28 → 14 → 7).
+
+  `ops='fast'` computes the same with `ops.max_pool` (mask-based gradient).
+  """
   window: int = 3
   stride: int = 2
   pad: int = 0
+  ops: str = 'xla'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    padding = [ceil_pool_padding(x.shape[d], self.window, self.stride, self.pad)
-               for d in (1, 2)]
+    ops_lib.check_ops(self.ops)
+    padding = tuple(ceil_pool_padding(x.shape[d], self.window, self.stride, self.pad)
+                    for d in (1, 2))
+    if self.ops == 'fast':
+      return ops_lib.max_pool(x, self.window, self.stride, padding)
     return nn.max_pool(x, (self.window, self.window), (self.stride, self.stride),
                        padding=padding)
 
@@ -116,8 +125,34 @@ class LocalResponseNorm(nn.Module):
     return x * jnp.power(scale, -self.beta).astype(x.dtype)
 
 
+class FastConv(nn.Conv):
+  """`nn.Conv` (same parameters, same result) computed with `ops.conv2d`.
+
+  Only what GoogLeNet uses: 2-D, NHWC, explicit padding, no dilation or groups.
+  """
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    if (inputs.ndim != 4 or isinstance(self.padding, str) or self.feature_group_count != 1
+        or self.input_dilation not in (1, (1, 1))
+        or self.kernel_dilation not in (1, (1, 1))):
+      raise ValueError('FastConv supports NHWC inputs with explicit padding and no dilation '
+                       "or groups; use ops='xla' (nn.Conv) for anything else.")
+    kernel = self.param('kernel', self.kernel_init,
+                        (*self.kernel_size, inputs.shape[-1], self.features), self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    stride = self.strides if isinstance(self.strides, int) else self.strides[0]
+    y = ops_lib.conv2d(inputs, kernel, stride, tuple(map(tuple, self.padding)))
+    return y if bias is None else y + bias
+
+
 class ConvReLU(nn.Module):
-  """Convolution (Caffe padding: kernel//2 on each side) → optional BatchNorm → ReLU."""
+  """Convolution (Caffe padding: kernel//2 on each side) → optional BatchNorm → ReLU.
+
+  `ops='fast'` computes the convolution with `ops.conv2d`; parameters are the same.
+  """
   features: int
   kernel: int
   stride: int = 1
@@ -125,14 +160,17 @@ class ConvReLU(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros
+  ops: str = 'xla'
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
+    ops_lib.check_ops(self.ops)
     pad = self.kernel // 2
-    x = nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
-                padding=[(pad, pad), (pad, pad)], use_bias=not self.batch_norm,
-                dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init,
-                name='conv')(x)
+    conv = FastConv if self.ops == 'fast' else nn.Conv
+    x = conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
+             padding=((pad, pad), (pad, pad)), use_bias=not self.batch_norm,
+             dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init,
+             name='conv')(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
                        dtype=self.dtype, name='bn')(x)

@@ -96,14 +96,15 @@ class InceptionBlock(nn.Module):
   batch_norm: bool = False
   dtype: Any = jnp.float32
   init_scheme: str = 'caffe'
+  ops: str = 'xla'
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     n1x1, n3x3_reduce, n3x3, n5x5_reduce, n5x5, pool_proj = self.widths
     inits = _initializers(self.init_scheme)
     conv = functools.partial(layers.ConvReLU, batch_norm=self.batch_norm, dtype=self.dtype,
-                             kernel_init=inits['kernel'], bias_init=inits['bias'])
-    pooled = layers.MaxPool(3, 1, 1, name='pool')(x)
+                             kernel_init=inits['kernel'], bias_init=inits['bias'], ops=self.ops)
+    pooled = layers.MaxPool(3, 1, 1, ops=self.ops, name='pool')(x)
     if self.naive:
       branches = [conv(n1x1, 1, name='1x1')(x, train),
                   conv(n3x3, 3, name='3x3')(x, train),
@@ -135,6 +136,7 @@ class AuxHead(nn.Module):
   batch_norm: bool = False
   dtype: Any = jnp.float32
   init_scheme: str = 'caffe'
+  ops: str = 'xla'
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -145,8 +147,8 @@ class AuxHead(nn.Module):
     else:
       x = layers.AvgPool(5, 3, name='pool')(x)
     x = layers.ConvReLU(self.conv_features, 1, batch_norm=self.batch_norm, dtype=self.dtype,
-                        kernel_init=inits['kernel'], bias_init=inits['bias'], name='conv')(
-                            x, train)
+                        kernel_init=inits['kernel'], bias_init=inits['bias'], ops=self.ops,
+                        name='conv')(x, train)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, kernel_init=inits['kernel'],
                          bias_init=inits['bias'], name='fc')(x))
@@ -172,6 +174,8 @@ class GoogLeNet(nn.Module):
     width: multiplies every channel count (1.0 = paper; < 1 for tests).
     dtype: compute dtype; parameters are always float32, logits float32.
     init_scheme: 'caffe', 'he' or 'torchvision' (see the module docstring).
+    ops: 'xla' (XLA's convolutions and pools) or 'fast' (`inception_jax.ops`:
+      the same results from faster formulations; same parameters).
   """
   num_classes: int = 1000
   aux_heads: bool = True
@@ -186,6 +190,7 @@ class GoogLeNet(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   init_scheme: str = 'caffe'
+  ops: str = 'xla'
 
   def min_input_size(self) -> int:
     """The smallest image side that survives conv1 and the four stride-2 pools."""
@@ -210,15 +215,16 @@ class GoogLeNet(nn.Module):
                        f'GoogLeNet: it needs at least {smallest}x{smallest} pixels.')
     inits = _initializers(self.init_scheme)
     conv = functools.partial(layers.ConvReLU, batch_norm=self.batch_norm, dtype=self.dtype,
-                             kernel_init=inits['kernel'], bias_init=inits['bias'])
+                             kernel_init=inits['kernel'], bias_init=inits['bias'], ops=self.ops)
+    max_pool = functools.partial(layers.MaxPool, ops=self.ops)
     block = functools.partial(InceptionBlock, naive=self.naive_blocks,
                               large_kernel=self.large_kernel, batch_norm=self.batch_norm,
-                              dtype=self.dtype, init_scheme=self.init_scheme)
+                              dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops)
     aux_head = functools.partial(
         AuxHead, num_classes=self.num_classes, conv_features=self._channels(128),
         hidden=self._channels(1024), dropout_rate=self.aux_dropout_rate,
         adaptive_pool=self.adaptive_aux_pool, batch_norm=self.batch_norm, dtype=self.dtype,
-        init_scheme=self.init_scheme)
+        init_scheme=self.init_scheme, ops=self.ops)
     lrn = layers.LocalResponseNorm if self.lrn else None
 
     def stage(name: str, y: Array) -> Array:
@@ -227,21 +233,21 @@ class GoogLeNet(nn.Module):
 
     x = x.astype(self.dtype)
     x = stage('conv1', conv(self._channels(64), 7, 2, name='conv1')(x, train))
-    x = layers.MaxPool(3, 2, name='pool1')(x)
+    x = max_pool(3, 2, name='pool1')(x)
     if lrn:
       x = lrn(name='norm1')(x)
     x = conv(self._channels(64), 1, name='conv2_reduce')(x, train)
     x = stage('conv2', conv(self._channels(192), 3, name='conv2')(x, train))
     if lrn:
       x = lrn(name='norm2')(x)
-    x = layers.MaxPool(3, 2, name='pool2')(x)
+    x = max_pool(3, 2, name='pool2')(x)
     aux_logits = []
     for name in ('3a', '3b', 'pool3', '4a', '4b', '4c', '4d', '4e', 'pool4', '5a', '5b'):
       if name == 'pool3':
-        x = layers.MaxPool(3, 2, name=name)(x)
+        x = max_pool(3, 2, name=name)(x)
         continue
       if name == 'pool4':
-        x = layers.MaxPool(self.pool4_window, 2, name=name)(x)
+        x = max_pool(self.pool4_window, 2, name=name)(x)
         continue
       widths = tuple(self._channels(n) for n in INCEPTION_WIDTHS[name])
       x = stage(f'inception_{name}', block(widths, name=f'inception_{name}')(x, train))

@@ -287,22 +287,25 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
     'correct_top1', 'correct_top5', 'loss_sum' (cross-entropy of the predicted
     distribution, no label smoothing) and 'count', each summed over the batch.
   """
-  log_probs = _eval_log_probs(state, batch['image'])
+  predicted = log_probs(state.apply_fn, state.eval_variables(), batch['image'])
   labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
-  nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+  nll = -jnp.take_along_axis(predicted, labels[:, None], axis=-1)[:, 0]
   return {
-      'correct_top1': jnp.sum(mask * top_k_correct(log_probs, labels, 1)),
-      'correct_top5': jnp.sum(mask * top_k_correct(log_probs, labels, TOP_K)),
+      'correct_top1': jnp.sum(mask * top_k_correct(predicted, labels, 1)),
+      'correct_top5': jnp.sum(mask * top_k_correct(predicted, labels, TOP_K)),
       'loss_sum': jnp.sum(jnp.where(mask > 0, nll, 0.0)),
       'count': jnp.sum(mask),
   }
 
 
-def _eval_log_probs(state: TrainState, images: Array) -> Array:
-  """Log of the predicted class probabilities, [B, classes], averaged over any crops."""
+def log_probs(apply_fn: Callable[..., Any], variables: Any, images: Array) -> Array:
+  """[B, classes] log-probabilities in eval mode; images [B, H, W, 3] or [B, crops, H, W, 3].
+
+  With crops, the softmax probabilities of an image's crops are averaged.
+  """
   crops = images.shape[1] if images.ndim == 5 else 1
   flat = images.reshape(-1, *images.shape[-3:])
-  logits = state.apply_fn(state.eval_variables(), flat, train=False).logits
+  logits = apply_fn(variables, flat, train=False).logits
   per_crop = jax.nn.log_softmax(logits).reshape(images.shape[0], crops, -1)
   return jax.nn.logsumexp(per_crop, axis=1) - jnp.log(crops)
 

@@ -83,7 +83,8 @@ def evaluate(eval_step: Any, state: Any, batches: Iterator[dict[str, jax.Array]]
           'loss': totals['loss_sum'] / count, 'count': totals['count']}
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """Writes the resolved config as `workdir/config.json` (read back by `load_config`)."""
   with open(workdir / 'config.json', 'w') as f:
     f.write(config.to_json_best_effort(indent=1, sort_keys=True))
 
@@ -99,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   is_main = jax.process_index() == 0
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
-    _save_config(config, workdir)
+    save_config(config, workdir)
   info = input_pipeline.get_dataset_info(config)
   mesh = train.create_mesh()
   model = build_model(config, info.num_classes)

@@ -1,0 +1,160 @@
+"""`python -m inception_jax export`: a self-contained `jax.export` artifact of a checkpoint.
+
+The artifact is the evaluation-mode forward pass with the weights baked in as
+constants, serialized StableHLO lowered for CPU, CUDA and TPU, with a symbolic
+batch dimension. Loading it needs only JAX, not this package:
+
+  exported = jax.export.deserialize(open(path, 'rb').read())
+  logits = exported.call(images)  # [b, num_classes] float32, any batch size b
+
+Inputs (`input_kind`), NHWC RGB images of the run's image size (resized and
+centre-cropped as evaluation does: shorter side to round(image_size *
+eval_resize_ratio), centre crop):
+  * 'uint8' (default): uint8 [b, H, W, 3] pixels; the run's mean_rgb/std_rgb
+    normalization is inside the artifact.
+  * 'float': float32 [b, H, W, 3] already normalized as (pixels - mean_rgb) / std_rgb.
+
+Next to the artifact, `<path>.json` records the input dtype, shape and
+normalization, the output, and the class names.
+
+Optionally (`--saved-model DIR`) the same function is also written as a TensorFlow
+SavedModel through `jax2tf` (signature 'serving_default': images -> {'logits'}),
+for TensorFlow Serving or TF-only consumers.
+"""
+
+import argparse
+import json
+import pathlib
+from typing import Any, Callable
+
+import jax
+from jax import export as jax_export
+from jax.experimental import jax2tf
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+
+from inception_jax import evaluation
+from inception_jax import inference
+from inception_jax import preprocessing
+from inception_jax import trainer
+
+PLATFORMS = ('cpu', 'cuda', 'tpu')
+INPUT_KINDS = {'uint8': jnp.uint8, 'float': jnp.float32}
+_TF_DTYPES = {'uint8': tf.uint8, 'float': tf.float32}
+
+
+def serving_function(loaded: evaluation.LoadedModel, input_kind: str
+                     ) -> Callable[[jax.Array], jax.Array]:
+  """images -> logits, evaluation mode, with the weights (and normalization) as constants."""
+  if input_kind not in INPUT_KINDS:
+    raise ValueError(f'input_kind must be one of {sorted(INPUT_KINDS)}, got {input_kind!r}.')
+  mean = np.asarray(loaded.config.mean_rgb, np.float32)
+  std = np.asarray(loaded.config.std_rgb, np.float32)
+  model, variables = loaded.model, loaded.variables
+
+  def logits(images: jax.Array) -> jax.Array:
+    if input_kind == 'uint8':
+      images = (images.astype(jnp.float32) - mean) / std
+    return model.apply(variables, images, train=False).logits
+
+  return logits
+
+
+def export_model(loaded: evaluation.LoadedModel, input_kind: str = 'uint8',
+                 image_size: int | None = None) -> jax_export.Exported:
+  """The `jax.export` of `serving_function` for [b, size, size, 3] inputs, any b.
+
+  `image_size` defaults to the run's.
+  """
+  serve = serving_function(loaded, input_kind)
+  size = image_size or loaded.config.image_size
+  spec = jax.ShapeDtypeStruct(jax_export.symbolic_shape(f'b, {size}, {size}, 3'),
+                              INPUT_KINDS[input_kind])
+  return jax_export.export(jax.jit(serve), platforms=PLATFORMS)(spec)
+
+
+def write_saved_model(loaded: evaluation.LoadedModel, directory: str | pathlib.Path,
+                      input_kind: str = 'uint8', image_size: int | None = None) -> None:
+  """Writes `serving_function` as a TensorFlow SavedModel (jax2tf), any batch size.
+
+  Signature 'serving_default': images [b, size, size, 3] -> {'logits': [b, classes]}.
+  """
+  size = image_size or loaded.config.image_size
+  logits = jax2tf.convert(serving_function(loaded, input_kind),
+                          polymorphic_shapes=[f'(b, {size}, {size}, 3)'],
+                          native_serialization_platforms=PLATFORMS)
+  module = tf.Module()
+  module.serve = tf.function(
+      lambda images: {'logits': logits(images)}, autograph=False,
+      input_signature=[tf.TensorSpec([None, size, size, 3], _TF_DTYPES[input_kind], 'images')])
+  tf.saved_model.save(module, str(directory), signatures={'serving_default': module.serve})
+
+
+def sidecar(loaded: evaluation.LoadedModel, exported: jax_export.Exported, input_kind: str,
+            class_names: tuple[str, ...]) -> dict[str, Any]:
+  """What a caller needs to feed the artifact and read its output."""
+  config = loaded.config
+  _, height, width, channels = (str(d) for d in exported.in_avals[0].shape)
+  normalization = {'mean_rgb': list(config.mean_rgb), 'std_rgb': list(config.std_rgb),
+                   'scale': '0..255',
+                   'applied': 'inside the artifact' if input_kind == 'uint8'
+                              else 'by the caller: (pixels - mean_rgb) / std_rgb'}
+  return {
+      'format': 'jax.export serialized Exported; load with '
+                "jax.export.deserialize(open(path, 'rb').read()).call(images)",
+      'platforms': list(exported.platforms),
+      'input': {'dtype': str(exported.in_avals[0].dtype), 'layout': 'NHWC, RGB',
+                'shape': ['b', int(height), int(width), int(channels)],
+                'normalization': normalization,
+                'resize': {'shorter_side': preprocessing.eval_side(int(height),
+                                                                   config.eval_resize_ratio),
+                           'then': 'centre crop'}},
+      'output': {'name': 'logits', 'dtype': 'float32', 'shape': ['b', len(class_names)]},
+      'model': config.model, 'checkpoint': loaded.path, 'step': loaded.step,
+      'class_names': list(class_names),
+  }
+
+
+def export_checkpoint(path: str | pathlib.Path, out: str | pathlib.Path,
+                      input_kind: str = 'uint8', image_size: int | None = None,
+                      saved_model: str | pathlib.Path | None = None) -> dict[str, Any]:
+  """Writes the artifact of checkpoint `path` to `out` and its sidecar to `out`.json.
+
+  With `saved_model`, also writes a TensorFlow SavedModel there. Returns the sidecar.
+  """
+  loaded = evaluation.load_model(path, trainer.load_config(evaluation.workdir_of(path)))
+  exported = export_model(loaded, input_kind, image_size)
+  class_names = tuple(loaded.meta['class_names'])
+  info = sidecar(loaded, exported, input_kind, class_names)
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_bytes(exported.serialize())
+  pathlib.Path(f'{out}.json').write_text(json.dumps(info, indent=1))
+  if saved_model:
+    write_saved_model(loaded, saved_model, input_kind, image_size)
+  return info
+
+
+def _export(args: argparse.Namespace) -> None:
+  info = export_checkpoint(args.path, args.out, args.input, args.image_size, args.saved_model)
+  print(f"wrote {args.out} ({info['model']} step {info['step']}; input "
+        f"{info['input']['dtype']} {info['input']['shape']}, platforms "
+        f"{', '.join(info['platforms'])}) and {args.out}.json"
+        + (f'; SavedModel in {args.saved_model}' if args.saved_model else ''))
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+  """Adds `export PATH OUT`."""
+  p = subparsers.add_parser('export', help='write a self-contained jax.export artifact '
+                            '(weights baked in, any batch size) and a JSON description')
+  p.add_argument('path', help='a work directory, its checkpoints/ folder or one step folder')
+  p.add_argument('out', help='the artifact file to write (its description goes to OUT.json)')
+  p.add_argument('--input', choices=sorted(INPUT_KINDS), default='uint8',
+                 help='uint8: raw RGB pixels, normalized inside (default); float: images '
+                 'already normalized with the run\'s mean_rgb/std_rgb')
+  p.add_argument('--image-size', type=int,
+                 help="the artifact's input height and width (default: the run's)")
+  p.add_argument('--saved-model', metavar='DIR',
+                 help='also write a TensorFlow SavedModel of the same function (jax2tf)')
+  p.set_defaults(run=_export)

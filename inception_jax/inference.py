@@ -1,0 +1,192 @@
+"""`python -m inception_jax predict`: top-k classes of image files from a trained model.
+
+Images are preprocessed as evaluation does (`preprocessing.EvalPreprocess` with the
+run's image size, resize ratio, mean and std; 1 or 10 crops whose softmax outputs
+are averaged) and classified by one `jax.jit` forward per batch-size bucket: batches
+are the largest bucket, and the last one is padded to the smallest bucket that
+holds it, so any number of images compiles at most `len(buckets)` times. Files that
+are missing, empty or not decodable are reported by name and skipped.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+from typing import Any, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from inception_jax import evaluation
+from inception_jax import preprocessing
+from inception_jax import train
+from inception_jax import trainer
+
+DEFAULT_BUCKETS = (1, 8, 32, 128)
+CROPS = (1, 10)
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')  # what `decode_rgb` reads
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  """The most probable classes of one image, most probable first."""
+  path: str
+  classes: tuple[int, ...]
+  names: tuple[str, ...]
+  probabilities: tuple[float, ...]
+
+
+def bucket_size(count: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket that holds `count` images (the largest if none does)."""
+  return next((b for b in sorted(buckets) if b >= count), max(buckets))
+
+
+def expand_paths(paths: Sequence[str]) -> list[str]:
+  """Files as given; folders replaced by the image files under them, sorted."""
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      files.extend(sorted(str(p) for p in pathlib.Path(path).rglob('*')
+                          if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+    else:
+      files.append(path)
+  return files
+
+
+def unreadable_files(paths: Sequence[str]) -> dict[str, str]:
+  """{path: reason} for the paths that are missing, not files, or empty."""
+  bad = {}
+  for path in paths:
+    if not os.path.exists(path):
+      bad[path] = 'no such file'
+    elif not os.path.isfile(path):
+      bad[path] = 'not a file'
+    elif os.path.getsize(path) == 0:
+      bad[path] = 'empty file'
+  return bad
+
+
+def preprocessed_batches(paths: Sequence[str], preprocess: preprocessing.EvalPreprocess,
+                         batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
+  """Yields (paths, images) batches of up to `batch_size` of the files that decode.
+
+  Files that fail to read or decode are left out; compare the yielded paths with
+  `paths` to find them.
+  """
+  ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string))
+  ds = ds.map(lambda path: (path, preprocess(tf.io.read_file(path))),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.ignore_errors().batch(batch_size).prefetch(1)
+  for batch_paths, images in ds.as_numpy_iterator():
+    yield [p.decode() for p in batch_paths], images
+
+
+class Predictor:
+  """A checkpoint's model, preprocessing and class names, ready to classify images."""
+
+  def __init__(self, path: str | pathlib.Path, crops: int = 1,
+               buckets: Sequence[int] = DEFAULT_BUCKETS,
+               config: ml_collections.ConfigDict | None = None):
+    """Loads `path` (work dir, checkpoints/ or step dir) with its run's config.json.
+
+    `config` replaces the saved config (e.g. with overrides applied).
+    """
+    if crops not in CROPS:
+      raise ValueError(f'crops must be one of {CROPS}, got {crops}.')
+    if not buckets or min(buckets) < 1:
+      raise ValueError(f'buckets must be positive batch sizes, got {tuple(buckets)}.')
+    if config is None:
+      config = trainer.load_config(evaluation.workdir_of(path))
+    self.loaded = evaluation.load_model(path, config)
+    self.class_names = tuple(self.loaded.meta['class_names'])
+    self.buckets = tuple(sorted(set(buckets)))
+    self.preprocess = preprocessing.EvalPreprocess(
+        image_size=config.image_size, mean_rgb=tuple(config.mean_rgb),
+        std_rgb=tuple(config.std_rgb), resize_ratio=config.eval_resize_ratio, crops=crops)
+    apply_fn = self.loaded.model.apply
+    self._forward = jax.jit(lambda variables, images: jnp.exp(
+        train.log_probs(apply_fn, variables, images)))
+
+  @property
+  def num_compilations(self) -> int:
+    """How many batch shapes the forward has been compiled for so far."""
+    return self._forward._cache_size()  # pylint: disable=protected-access
+
+  def probabilities(self, images: np.ndarray) -> np.ndarray:
+    """[N, classes] class probabilities of N preprocessed images (`preprocess` output)."""
+    largest = self.buckets[-1]
+    probs = []
+    for start in range(0, len(images), largest):
+      chunk = images[start:start + largest]
+      size = bucket_size(len(chunk), self.buckets)
+      padded = np.zeros((size, *chunk.shape[1:]), np.float32)
+      padded[:len(chunk)] = chunk
+      probs.append(np.asarray(self._forward(self.loaded.variables, padded))[:len(chunk)])
+    return np.concatenate(probs) if probs else np.zeros((0, len(self.class_names)), np.float32)
+
+  def predict(self, paths: Sequence[str], top_k: int = 5
+              ) -> tuple[list[Prediction], dict[str, str]]:
+    """(top-k predictions of the readable files in order, {skipped path: reason})."""
+    skipped = unreadable_files(paths)
+    readable = [p for p in paths if p not in skipped]
+    k = min(top_k, len(self.class_names))
+    predictions = []
+    for batch_paths, images in preprocessed_batches(readable, self.preprocess,
+                                                    self.buckets[-1]):
+      probs = self.probabilities(images)
+      for path, p in zip(batch_paths, probs):
+        top = np.argsort(-p, kind='stable')[:k]
+        predictions.append(Prediction(
+            path=path, classes=tuple(int(c) for c in top),
+            names=tuple(self.class_names[c] for c in top),
+            probabilities=tuple(float(p[c]) for c in top)))
+    decoded = {p.path for p in predictions}
+    skipped.update({p: 'cannot be decoded as a JPEG, PNG, GIF or BMP image'
+                    for p in readable if p not in decoded})
+    return predictions, {p: skipped[p] for p in paths if p in skipped}
+
+
+def _predict(args: argparse.Namespace) -> None:
+  predictor = Predictor(args.path, crops=args.crops, buckets=args.buckets)
+  predictions, skipped = predictor.predict(expand_paths(args.images), top_k=args.top_k)
+  for p in predictions:
+    print(f'{p.path}: ' + ' | '.join(f'{name} {prob:.4f}'
+                                     for name, prob in zip(p.names, p.probabilities)))
+  for path, reason in skipped.items():
+    print(f'skipped {path}: {reason}', file=sys.stderr)
+  print(f'{len(predictions)} image(s) classified, {len(skipped)} skipped.', file=sys.stderr)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'predictions': [dataclasses.asdict(p) for p in predictions],
+                 'skipped': skipped}, f, indent=1)
+    print(f'wrote {args.json}', file=sys.stderr)
+
+
+def _buckets(text: str) -> tuple[int, ...]:
+  try:
+    buckets = tuple(int(b) for b in text.split(','))
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f'{text!r}: give comma-separated batch sizes') from e
+  if min(buckets) < 1:
+    raise argparse.ArgumentTypeError(f'{text!r}: batch sizes must be positive')
+  return buckets
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+  """Adds `predict PATH IMAGE...`."""
+  p = subparsers.add_parser('predict', help='top-k classes of image files (or folders of '
+                            'them) from a checkpoint')
+  p.add_argument('path', help='a work directory, its checkpoints/ folder or one step folder')
+  p.add_argument('images', nargs='+', help='image files and folders (searched recursively)')
+  p.add_argument('--crops', type=int, default=1, choices=CROPS,
+                 help='1: the centre crop; 10: corners, centre and mirrors, averaged')
+  p.add_argument('--top-k', type=int, default=5, help='classes shown per image')
+  p.add_argument('--buckets', type=_buckets, default=DEFAULT_BUCKETS,
+                 help='batch sizes the forward is compiled for (default 1,8,32,128)')
+  p.add_argument('--json', metavar='PATH', help='also write the results as JSON')
+  p.set_defaults(run=_predict)

@@ -1,0 +1,99 @@
+"""Faster formulations of GoogLeNet's convolutions and max pools, in pure JAX.
+
+Each function computes exactly what its plain XLA counterpart computes (to float
+rounding) and runs unchanged on every backend; only the formulation differs:
+
+  * `conv2d`: a 1x1, stride-1, unpadded convolution is a matrix product over the
+    channels, and XLA's `dot_general` (and its gradients) beats its
+    convolution emitter on CPU; other convolutions go to `conv_general_dilated`.
+  * `max_pool`: the gradient is built from masks, one per window offset, instead
+    of XLA's `select_and_scatter`, which is several times slower on CPU. Ties
+    send the gradient to the first maximum of the window in row-major order, as
+    `select_and_scatter` does, so the gradient is the same as `jax.grad`'s.
+"""
+
+import functools
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+Array = jax.Array
+Padding = tuple[tuple[int, int], tuple[int, int]]
+OPS = ('xla', 'fast')
+
+
+def check_ops(ops: str) -> None:
+  """Raises ValueError unless `ops` names a kernel set ('xla' or 'fast')."""
+  if ops not in OPS:
+    raise ValueError(f"unknown ops {ops!r}: use 'xla' (XLA's own kernels) or 'fast' "
+                     '(inception_jax.ops).')
+
+
+def conv2d(x: Array, kernel: Array, stride: int = 1, padding: Padding = ((0, 0), (0, 0))
+           ) -> Array:
+  """NHWC x HWIO convolution; 1x1 stride-1 unpadded ones as a channel matmul."""
+  if kernel.shape[:2] == (1, 1) and stride == 1 and padding == ((0, 0), (0, 0)):
+    return lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+  return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def max_pool(x: Array, window: int, stride: int, padding: Padding) -> Array:
+  """NHWC max pool over `window` x `window` with a mask-based gradient.
+
+  Args:
+    x: [batch, height, width, channels], floating point.
+    window: the square window's side.
+    stride: the step between windows, on both spatial axes.
+    padding: ((low, high), (low, high)) padding of height and width; padded
+      cells are -inf and never receive gradient.
+  """
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f'max_pool needs a floating-point input, got {x.dtype}.')
+  return _max_pool(x, window, stride, tuple(map(tuple, padding)))
+
+
+def _reduce_max(x: Array, window: int, stride: int, padding: Padding) -> Array:
+  return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, window, window, 1),
+                           (1, stride, stride, 1), ((0, 0), *padding, (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x: Array, window: int, stride: int, padding: Padding) -> Array:
+  return _reduce_max(x, window, stride, padding)
+
+
+def _max_pool_fwd(x: Array, window: int, stride: int, padding: Padding
+                  ) -> tuple[Array, tuple[Array, Array]]:
+  y = _reduce_max(x, window, stride, padding)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window: int, stride: int, padding: Padding, residuals: tuple[Array, Array],
+                  grad: Array) -> tuple[Array]:
+  """Routes each output's gradient to the first input of its window equal to the max."""
+  x, y = residuals
+  (top, bottom), (left, right) = padding
+  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)),
+                   constant_values=-jnp.inf)
+  batch, height, width, channels = padded.shape
+  out_h, out_w = y.shape[1:3]
+  span_h, span_w = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
+  claimed = jnp.zeros(y.shape, bool)
+  dpadded = jnp.zeros(padded.shape, grad.dtype)
+  zero = jnp.zeros((), grad.dtype)
+  for i in range(window):
+    for j in range(window):
+      cells = lax.slice(padded, (0, i, j, 0), (batch, i + span_h, j + span_w, channels),
+                        (1, stride, stride, 1))
+      hit = (cells == y) & ~claimed
+      claimed = claimed | hit
+      routed = jnp.where(hit, grad, zero)
+      dpadded = dpadded + lax.pad(routed, zero, (
+          (0, 0, 0), (i, height - i - span_h, stride - 1),
+          (j, width - j - span_w, stride - 1), (0, 0, 0)))
+  return (dpadded[:, top:height - bottom, left:width - right, :],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

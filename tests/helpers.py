@@ -1,0 +1,24 @@
+"""Helpers shared by the test modules (import as `from helpers import ...`)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def random_variables(model, image_size: int, seed: int = 0):
+  """He-scaled random weights and BN statistics for `model`, without compiling its init."""
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)), train=False))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name == 'kernel':
+      return rng.normal(0, math.sqrt(2 / math.prod(leaf.shape[:-1])), leaf.shape)
+    if name in ('scale', 'var'):
+      return rng.uniform(0.5, 1.5, leaf.shape)
+    return rng.normal(0, 0.1, leaf.shape)
+
+  return jax.tree.map(np.float32, jax.tree_util.tree_map_with_path(draw, shapes))

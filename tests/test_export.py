@@ -1,0 +1,133 @@
+"""The jax.export artifact gives the in-process logits in a process that has only JAX.
+
+So does the optional TensorFlow SavedModel, in TensorFlow.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from experiments.configs import default
+from inception_jax import convert
+from inception_jax import evaluation
+from inception_jax import export
+from inception_jax import trainer
+from helpers import random_variables
+
+IMAGE_SIZE = 32
+CLASSES = tuple(f'class {i}' for i in range(10))
+MEAN_RGB = (120.0, 110.0, 100.0)  # unequal per channel, so a channel mix-up shows
+STD_RGB = (60.0, 50.0, 40.0)
+BATCH_SIZES = (1, 3, 8)
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+  """A googlenet_tiny run at 32x32 with random weights."""
+  config = default.get_config()
+  config.model = 'googlenet_tiny'
+  config.model_options.width = None
+  config.image_size = IMAGE_SIZE
+  config.mean_rgb, config.std_rgb = MEAN_RGB, STD_RGB
+  model = trainer.build_model(config, len(CLASSES))
+  variables = random_variables(model, IMAGE_SIZE)
+  return convert.write_run(tmp_path_factory.mktemp('run'), config, variables, CLASSES)
+
+
+@pytest.fixture(scope='module')
+def loaded(run_dir):
+  return evaluation.load_model(run_dir, trainer.load_config(run_dir))
+
+
+@pytest.fixture(scope='module')
+def images():
+  """One uint8 batch per size in BATCH_SIZES."""
+  rng = np.random.default_rng(1)
+  return [rng.integers(0, 256, (b, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+          for b in BATCH_SIZES]
+
+
+@pytest.fixture(scope='module')
+def expected_logits(loaded, images):
+  """The checkpoint's logits computed in this process, all batches in one call."""
+  normalized = (np.concatenate(images).astype(np.float32) - MEAN_RGB) / STD_RGB
+  logits = np.asarray(loaded.model.apply(loaded.variables, normalized, train=False).logits)
+  return np.split(logits, np.cumsum(BATCH_SIZES)[:-1])
+
+
+@pytest.fixture(scope='module')
+def uint8_artifact(run_dir, tmp_path_factory):
+  """The default (uint8) artifact and a SavedModel, written through the command line."""
+  parser = argparse.ArgumentParser()
+  export.add_command(parser.add_subparsers())
+  path = tmp_path_factory.mktemp('export') / 'model.jax'
+  args = parser.parse_args(['export', str(run_dir), str(path),
+                            '--saved-model', str(path.with_name('saved_model'))])
+  args.run(args)
+  return path
+
+
+_LOAD_AND_CALL = textwrap.dedent('''\
+    import sys
+    import jax
+    import numpy as np
+    exported = jax.export.deserialize(open(sys.argv[1], 'rb').read())
+    inputs = np.load(sys.argv[2])
+    np.savez(sys.argv[3], **{k: np.asarray(exported.call(inputs[k])) for k in inputs.files})
+    leaked = [m for m in ('inception_jax', 'flax') if m in sys.modules]
+    assert not leaked, f'the artifact pulled in {leaked}'
+''')
+
+
+def test_uint8_artifact_gives_in_process_logits_in_a_jax_only_process(
+    uint8_artifact, images, expected_logits, tmp_path):
+  inputs, outputs = tmp_path / 'images.npz', tmp_path / 'logits.npz'
+  np.savez(inputs, **{f'b{len(x)}': x for x in images})
+  done = subprocess.run([sys.executable, '-c', _LOAD_AND_CALL, str(uint8_artifact),
+                         str(inputs), str(outputs)], capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  logits = np.load(outputs)
+  for x, expected in zip(images, expected_logits):
+    got = logits[f'b{len(x)}']
+    assert got.shape == (len(x), len(CLASSES)) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_sidecar_describes_input_output_and_classes(uint8_artifact):
+  info = json.loads(uint8_artifact.with_name('model.jax.json').read_text())
+  assert info['input']['dtype'] == 'uint8'
+  assert info['input']['shape'] == ['b', IMAGE_SIZE, IMAGE_SIZE, 3]
+  assert info['input']['normalization']['mean_rgb'] == list(MEAN_RGB)
+  assert info['input']['normalization']['std_rgb'] == list(STD_RGB)
+  assert info['input']['normalization']['applied'] == 'inside the artifact'
+  assert info['output']['shape'] == ['b', len(CLASSES)]
+  assert info['platforms'] == ['cpu', 'cuda', 'tpu']
+  assert info['class_names'] == list(CLASSES)
+
+
+def test_saved_model_gives_in_process_logits(uint8_artifact, images, expected_logits):
+  serve = tf.saved_model.load(str(uint8_artifact.with_name('saved_model')))
+  for i in (0, 2):
+    logits = serve.signatures['serving_default'](images=tf.constant(images[i]))['logits']
+    np.testing.assert_allclose(logits.numpy(), expected_logits[i], rtol=0, atol=1e-5)
+
+
+def test_float_artifact_takes_normalized_images(loaded, images, expected_logits):
+  exported = jax.export.deserialize(export.export_model(loaded, 'float').serialize())
+  assert exported.in_avals[0].dtype == np.float32
+  normalized = (images[1].astype(np.float32) - MEAN_RGB) / STD_RGB
+  np.testing.assert_allclose(np.asarray(exported.call(normalized)), expected_logits[1],
+                             rtol=0, atol=1e-5)
+
+
+def test_unknown_input_kind_is_refused(loaded):
+  with pytest.raises(ValueError, match="input_kind must be one of \\['float', 'uint8'\\]"):
+    export.export_model(loaded, 'int16')

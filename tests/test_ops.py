@@ -1,0 +1,115 @@
+"""inception_jax.ops against the plain XLA formulations and their `jax.grad`."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from inception_jax import layers, models, ops
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _values_and_grads(fn, x, *args):
+  """fn's output and the vector-Jacobian products with a fixed random cotangent."""
+  y, vjp = jax.vjp(fn, x, *args)
+  cotangent = jax.random.normal(jax.random.key(7), y.shape, y.dtype)
+  return y, vjp(cotangent)
+
+
+def _plain_pool(window, stride, padding):
+  return lambda x: nn.max_pool(x, (window, window), (stride, stride), padding=padding)
+
+
+@pytest.mark.parametrize('shape,window,stride', [
+    ((2, 7, 9, 3), 3, 2),  # odd sizes, ceil mode overhangs on one axis
+    ((2, 8, 8, 4), 3, 2),
+    ((1, 5, 6, 2), 2, 2),  # torchvision's 2x2 pool before 5a
+    ((2, 6, 5, 3), 3, 1),  # the inception blocks' 3x3/1, pad 1
+])
+@pytest.mark.parametrize('ties', [False, True])
+def test_max_pool_matches_xla_and_its_gradient(shape, window, stride, ties):
+  pad = 1 if stride == 1 else 0
+  padding = tuple(layers.ceil_pool_padding(shape[d], window, stride, pad) for d in (1, 2))
+  key = jax.random.key(0)
+  x = (jax.random.randint(key, shape, 0, 3).astype(jnp.float32) if ties
+       else jax.random.normal(key, shape))
+  want, (want_grad,) = _values_and_grads(_plain_pool(window, stride, padding), x)
+  got, (got_grad,) = _values_and_grads(lambda v: ops.max_pool(v, window, stride, padding), x)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_allclose(got_grad, want_grad, **TOL)
+
+
+def test_max_pool_ties_go_to_the_first_maximum():
+  x = jnp.ones((1, 2, 2, 1))
+  grad = jax.grad(lambda v: ops.max_pool(v, 2, 2, ((0, 0), (0, 0))).sum())(x)
+  np.testing.assert_array_equal(grad[0, :, :, 0], [[1, 0], [0, 0]])
+
+
+def test_max_pool_bfloat16_gradient_matches_xla():
+  padding = ((0, 1), (0, 1))
+  x = jax.random.normal(jax.random.key(1), (2, 9, 9, 4), jnp.bfloat16)
+  _, (want,) = _values_and_grads(_plain_pool(3, 2, padding), x)
+  _, (got,) = _values_and_grads(lambda v: ops.max_pool(v, 3, 2, padding), x)
+  np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=1e-2, atol=1e-2)
+
+
+def test_max_pool_rejects_integer_input():
+  with pytest.raises(TypeError, match='floating-point'):
+    ops.max_pool(jnp.zeros((1, 4, 4, 1), jnp.int32), 2, 2, ((0, 0), (0, 0)))
+
+
+@pytest.mark.parametrize('kernel_size,stride,pad', [(1, 1, 0), (3, 1, 1), (7, 2, 3), (1, 2, 0)])
+def test_conv2d_matches_xla_and_its_gradients(kernel_size, stride, pad):
+  kx, kw = jax.random.split(jax.random.key(2))
+  x = jax.random.normal(kx, (2, 9, 7, 5))
+  kernel = jax.random.normal(kw, (kernel_size, kernel_size, 5, 6))
+  padding = ((pad, pad), (pad, pad))
+
+  def plain(v, w):
+    return jax.lax.conv_general_dilated(v, w, (stride, stride), padding,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  want, want_grads = _values_and_grads(plain, x, kernel)
+  got, got_grads = _values_and_grads(lambda v, w: ops.conv2d(v, w, stride, padding), x, kernel)
+  np.testing.assert_allclose(got, want, **TOL)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_ops_is_refused():
+  model = models.create_model('googlenet_tiny', ops='cuda')
+  with pytest.raises(ValueError, match="'xla'"):
+    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+
+
+@pytest.mark.parametrize('name', ['googlenet_tiny', 'googlenet_bn_tiny'])
+def test_fast_model_equals_xla_model(name):
+  """Same parameters → same logits, aux logits, batch statistics and gradients."""
+  plain = models.create_model(name, num_classes=5)
+  fast = models.create_model(name, num_classes=5, ops='fast')
+  images = jax.random.normal(jax.random.key(3), (4, 48, 48, 3))
+  variables = plain.init(jax.random.key(0), images, train=False)
+  assert (jax.tree.map(jnp.shape, fast.init(jax.random.key(0), images, train=False))
+          == jax.tree.map(jnp.shape, variables))
+
+  def loss(model, params):
+    output, state = model.apply({**variables, 'params': params}, images, train=True,
+                                rngs={'dropout': jax.random.key(4)}, mutable=['batch_stats'])
+    total = jnp.sum(output.logits ** 2) + sum(jnp.sum(a ** 2) for a in output.aux_logits)
+    return total, (output, state)
+
+  def grads(model):
+    return jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True),
+                   compiler_options=models.INIT_COMPILER_OPTIONS)(variables['params'])
+
+  (want_loss, (want, want_state)), want_grads = grads(plain)
+  (got_loss, (got, got_state)), got_grads = grads(fast)
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-4)
+  for g, w in zip(jax.tree.leaves((got, got_state)), jax.tree.leaves((want, want_state))):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+  for path, g in jax.tree_util.tree_leaves_with_path(got_grads):
+    w = dict(jax.tree_util.tree_leaves_with_path(want_grads))[path]
+    scale = float(jnp.max(jnp.abs(w))) + 1e-12
+    np.testing.assert_allclose(g / scale, w / scale, atol=1e-4, err_msg=str(path))
