@@ -9,28 +9,21 @@ flips. torchvision's own weights (trained differently) score 69.78 % top-1.
 
 import ml_collections
 
-from inception_jax import config as base
+from experiments.configs import imagenet_paper
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = base.get_base_config()
+  config = imagenet_paper.get_config()  # data set, 224, batch 1024, logging
   config.model = 'googlenet_bn'
-  config.dataset = 'imagenet2012'
-  config.eval_split = 'validation'
-  config.image_size = 224
-  config.batch_size = 1024
-  config.eval_batch_size = 1024
-  config.crop = 'inception'
-  config.random_flip = True
+  config.color_distortion = False
+  config.random_resize_method = False
   config.recipe = 'modern'
-  config.optimizer = 'sgd'
   config.nesterov = True
   config.learning_rate = 0.1 * config.batch_size / 256
   config.warmup_epochs = 5.0
   config.weight_decay = 1e-4
   config.label_smoothing = 0.1
+  config.ema_decay = 0.0
   config.num_epochs = 120.0
-  config.log_every_steps = 100
   config.eval_every_steps = 2500
-  config.checkpoint_every_steps = 2000
   return config
