@@ -1,6 +1,7 @@
 """The command line: `python -m inception_jax <command> [options]`."""
 
 import argparse
+import importlib.util
 import json
 import os
 import pathlib
@@ -106,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
   _add_evaluate(subparsers)
   _add_plot(subparsers)
   # These modules define their own commands (and import TensorFlow for the data).
-  from inception_jax import convert, export, inference  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from inception_jax import benchmark, convert, export, inference
+  benchmark.add_command(subparsers)
   inference.add_command(subparsers)
   export.add_command(subparsers)
   convert.add_command(subparsers)
@@ -116,7 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
   """Parses `argv` (default: sys.argv[1:]) and runs the chosen command."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow feeds data, quietly
-  args, overrides = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ['benchmark'] and importlib.util.find_spec('torch') is not None:
+    # torch (the optional peer of `benchmark --compare torchvision`) must be imported
+    # before TensorFlow, which the data commands import: the other order segfaults.
+    import torch  # pylint: disable=import-outside-toplevel,unused-import
+  args, overrides = build_parser().parse_known_args(argv)
   args.overrides = overrides
   if overrides and not hasattr(args, 'config'):
     raise SystemExit(f'unrecognized arguments: {overrides}')

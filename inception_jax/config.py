@@ -35,6 +35,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       'naive_blocks': placeholder(bool),
       'dropout_rate': placeholder(float),
       'aux_dropout_rate': placeholder(float),
+      'ops': placeholder(str),  # 'xla' or 'fast' (inception_jax/ops.py)
   })
   config.dtype = 'float32'  # compute dtype; parameters stay float32
   config.aux_weight = 0.3  # weight of each auxiliary classifier's loss

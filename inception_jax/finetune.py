@@ -25,7 +25,8 @@ def _flat(tree: Any) -> dict[str, Any]:
       flax.core.unfreeze(tree)).items()}
 
 
-def merge_pretrained(fresh: Any, pretrained: Any, reinit_pattern: str = '') -> tuple[Any, list[str]]:
+def merge_pretrained(fresh: Any, pretrained: Any,
+                     reinit_pattern: str = '') -> tuple[Any, list[str]]:
   """`fresh` with every leaf replaced by `pretrained`'s, except classifier mismatches.
 
   Returns the merged tree and the paths that kept their fresh values.

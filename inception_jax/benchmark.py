@@ -1,0 +1,363 @@
+"""`python -m inception_jax benchmark`: throughput of GoogLeNet, optionally against torchvision.
+
+Cases are inference (eval mode, no aux heads) and full training steps (forward
+with aux heads, loss, backward, optimizer update). Within a case every
+implementation (JAX with each kernel set, torchvision eager and torch.compile)
+is warmed up, then timed in interleaved rounds — one timed run of each per
+round, the order rotating — so that drift on a shared machine hits all of them
+alike; compare the ratios, not absolute times across runs.
+
+Per implementation: images/s (median and min–max over rounds), compile time
+(XLA compile; torch: the first call), peak resident memory of the process while
+it ran, achieved GFLOP/s from the model's own multiply-add count (inference
+2·MACs per image, training 6·MACs with the aux heads), and that as a fraction
+of a large matmul measured in the same run in the case's dtype.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from inception_jax import config as config_lib
+from inception_jax import models, summary, train
+from inception_jax import ops as ops_lib
+
+DEFAULT_CASES = 'infer:1:224,infer:8:224,infer:32:224,train:32:224,train:128:64'
+TORCH_INSTALL = 'pip install -r requirements-test.txt  (torch and torchvision)'
+TORCH_TOPOLOGY = 'googlenet_bn'  # torchvision's googlenet has this topology and FLOPs
+MATMUL_SIZE = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One benchmark case: inference or a training step at a batch and image size."""
+  model: str
+  kind: str
+  batch: int
+  size: int
+  dtype: str
+
+  @property
+  def name(self) -> str:
+    return f'{self.model} {self.kind} b{self.batch} {self.size}px {self.dtype}'
+
+
+@dataclasses.dataclass
+class Runner:
+  """A warmed-up implementation of a case: `run()` does one batch and waits for it."""
+  impl: str
+  run: Callable[[], None]
+  compile_s: float
+  times: list[float] = dataclasses.field(default_factory=list)
+  peak_rss_mb: float = 0.0
+
+
+def parse_cases(spec: str, model_names: Sequence[str], dtypes: Sequence[str]) -> list[Case]:
+  """Cases from 'kind:batch:size,...' for each model and dtype; kind is infer or train."""
+  cases = []
+  for item in spec.split(','):
+    parts = item.strip().split(':')
+    if len(parts) != 3 or parts[0] not in ('infer', 'train') or not all(
+        p.isdigit() for p in parts[1:]):
+      raise ValueError(f'bad case {item!r}: write kind:batch:size with kind infer or train, '
+                       'e.g. train:32:224.')
+    for model in model_names:
+      for dtype in dtypes:
+        cases.append(Case(model, parts[0], int(parts[1]), int(parts[2]), dtype))
+  return cases
+
+
+def cpu_model() -> str:
+  """The CPU's marketing name (Linux /proc/cpuinfo), else platform.processor()."""
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def threads() -> int:
+  """CPU cores this process may run on."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+def _rss_mb() -> float:
+  try:
+    pages = int(pathlib.Path('/proc/self/statm').read_text().split()[1])
+    return pages * os.sysconf('SC_PAGE_SIZE') / 2**20
+  except (OSError, ValueError):
+    return 0.0
+
+
+class RssMonitor:
+  """Samples the process's resident memory every few ms; `peak_mb` once stopped."""
+
+  def __init__(self, interval_s: float = 0.005):
+    self.interval_s, self.peak_mb = interval_s, _rss_mb()
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._sample, daemon=True)
+
+  def _sample(self) -> None:
+    while not self._stop.wait(self.interval_s):
+      self.peak_mb = max(self.peak_mb, _rss_mb())
+
+  def __enter__(self) -> 'RssMonitor':
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self._stop.set()
+    self._thread.join()
+    self.peak_mb = max(self.peak_mb, _rss_mb())
+
+
+def matmul_gflops(dtype: str, repeats: int = 3) -> float:
+  """Best GFLOP/s of a MATMUL_SIZE² `jnp.dot` in `dtype` on the default device."""
+  a = jax.random.normal(jax.random.key(0), (MATMUL_SIZE, MATMUL_SIZE), models.DTYPES[dtype])
+  dot = jax.jit(jnp.dot)
+  dot(a, a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    dot(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * MATMUL_SIZE**3 / best / 1e9
+
+
+def flops_per_image(case: Case) -> float:
+  """Forward 2·MACs per image for inference; 6·MACs (aux heads included) for training."""
+  totals = summary.totals(summary.layer_table(models.create_model(case.model), case.size))
+  return 2.0 * totals['macs'] if case.kind == 'infer' else 6.0 * totals['macs_with_aux']
+
+
+def _train_config(case: Case) -> Any:
+  config = config_lib.get_base_config()
+  config.update(dict(model=case.model, dtype=case.dtype, batch_size=case.batch,
+                     optimizer='sgd', learning_rate=0.01, warmup_epochs=0.0,
+                     num_train_steps=1000, ema_decay=0.0))
+  return config
+
+
+def jax_runner(case: Case, ops: str, compiler_options: dict[str, Any] | None) -> Runner:
+  """The JAX implementation of `case` with kernel set `ops`, compiled and warmed up."""
+  model = models.create_model(case.model, dtype=case.dtype, ops=ops)
+  shape = (case.batch, case.size, case.size, 3)
+  images = jax.random.normal(jax.random.key(1), shape, jnp.float32)
+  if case.kind == 'infer':
+    variables = models.init_variables(model, jax.random.key(0), (1, *shape[1:]))
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False).logits)
+    start = time.perf_counter()
+    compiled = apply.lower(variables, images).compile(compiler_options)
+    compile_s = time.perf_counter() - start
+
+    def run() -> None:
+      compiled(variables, images).block_until_ready()
+  else:
+    config = _train_config(case)
+    mesh = train.create_mesh(jax.devices()[:1])
+    state, sharding = train.create_train_state(config, model, (1, *shape[1:]), mesh, 1000)
+    batch = {'image': images, 'label': jnp.arange(case.batch, dtype=jnp.int32) % 1000}
+    step = train.make_train_step(config, mesh, sharding, compiler_options)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    holder = [state]
+
+    def run() -> None:
+      holder[0], metrics = compiled(holder[0], batch)
+      metrics['loss'].block_until_ready()
+  run()
+  return Runner(f'jax {ops}', run, compile_s)
+
+
+def _import_torch() -> tuple[Any, Any]:
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    import torchvision  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise SystemExit(f'--compare torchvision needs torch and torchvision ({e}); install them '
+                     f'with: {TORCH_INSTALL}') from e
+  return torch, torchvision
+
+
+def torch_runner(case: Case, mode: str) -> Runner:
+  """torchvision's googlenet for `case`, channels_last, eager or torch.compile'd."""
+  torch, torchvision = _import_torch()
+  torch.set_num_threads(threads())
+  net = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+  net = net.to(memory_format=torch.channels_last)
+  module = torch.compile(net) if mode == 'compile' else net
+  images = torch.randn(case.batch, 3, case.size, case.size).contiguous(
+      memory_format=torch.channels_last)
+  labels = torch.arange(case.batch) % 1000
+  autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=case.dtype == 'bfloat16')
+  if case.kind == 'infer':
+    net.eval()
+
+    def run() -> None:
+      with torch.inference_mode(), autocast:
+        module(images)
+  else:
+    net.train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.functional.cross_entropy
+
+    def run() -> None:
+      optimizer.zero_grad(set_to_none=True)
+      with autocast:
+        out = module(images)
+        loss = loss_fn(out.logits, labels) + 0.3 * (
+            loss_fn(out.aux_logits1, labels) + loss_fn(out.aux_logits2, labels))
+      loss.backward()
+      optimizer.step()
+  start = time.perf_counter()
+  run()
+  return Runner(f'torch {mode}', run, time.perf_counter() - start)
+
+
+def time_interleaved(runners: Sequence[Runner], repeats: int, warmup: int) -> None:
+  """Warms each runner up, then times one run of each per round, rotating the order."""
+  for runner in runners:
+    for _ in range(warmup):
+      runner.run()
+  for round_index in range(repeats):
+    shift = round_index % len(runners)
+    for runner in [*runners[shift:], *runners[:shift]]:
+      with RssMonitor() as monitor, jax.transfer_guard('disallow'):
+        start = time.perf_counter()
+        runner.run()
+        runner.times.append(time.perf_counter() - start)
+      runner.peak_rss_mb = max(runner.peak_rss_mb, monitor.peak_mb)
+
+
+def case_rows(case: Case, runners: Sequence[Runner], ceiling: float) -> list[dict[str, Any]]:
+  """One result dict per runner of `case`."""
+  flops = flops_per_image(case)
+  rows = []
+  for runner in runners:
+    rates = sorted(case.batch / t for t in runner.times)
+    median = statistics.median(rates)
+    gflops = median * flops / 1e9
+    rows.append(dict(case=case.name, **dataclasses.asdict(case), impl=runner.impl,
+                     images_per_s=median, images_per_s_min=rates[0],
+                     images_per_s_max=rates[-1], ms_per_batch=1e3 * case.batch / median,
+                     compile_s=runner.compile_s, peak_rss_mb=runner.peak_rss_mb,
+                     gflops=gflops, ceiling_gflops=ceiling, fraction_of_ceiling=gflops / ceiling))
+  return rows
+
+
+def ratio_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Per case, each JAX implementation's throughput over each torch implementation's."""
+  ratios = []
+  for case in dict.fromkeys(r['case'] for r in rows):
+    of_case = [r for r in rows if r['case'] == case]
+    for mine in (r for r in of_case if r['impl'].startswith('jax')):
+      for theirs in (r for r in of_case if r['impl'].startswith('torch')):
+        ratios.append(dict(case=case, jax=mine['impl'], torch=theirs['impl'],
+                           ratio=mine['images_per_s'] / theirs['images_per_s']))
+  return ratios
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+  """The report as Markdown: a header line, the results table and the ratio table."""
+  lines = [f"GoogLeNet benchmark, {report['date']}, {report['device']}, "
+           f"{report['threads']} threads, jax {report['jax']}"
+           + (f", torch {report['torch']}" if report.get('torch') else '') + '. Matmul '
+           f"ceiling ({MATMUL_SIZE}² jnp.dot): " + ', '.join(
+               f'{d} {g:.0f} GFLOP/s' for d, g in report['ceilings'].items()) + '.', '',
+           '| case | impl | images/s median (min–max) | ms/batch | compile s | peak RSS MB '
+           '| GFLOP/s | of ceiling |', '|---|---|---:|---:|---:|---:|---:|---:|']
+  for r in report['results']:
+    lines.append(f"| {r['case']} | {r['impl']} | {r['images_per_s']:.1f} "
+                 f"({r['images_per_s_min']:.1f}–{r['images_per_s_max']:.1f}) | "
+                 f"{r['ms_per_batch']:.0f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+                 f"{r['gflops']:.0f} | {r['fraction_of_ceiling']:.2f} |")
+  if report['ratios']:
+    lines += ['', 'Throughput ratio JAX / torch (interleaved in one process; > 1: JAX faster):',
+              '', '| case | jax | torch | ratio |', '|---|---|---|---:|']
+    lines += [f"| {r['case']} | {r['jax']} | {r['torch']} | {r['ratio']:.2f}× |"
+              for r in report['ratios']]
+  return '\n'.join(lines)
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+  """Runs every case of `args` and returns the report (also written as .md and .json)."""
+  cases = parse_cases(args.cases, args.models.split(','), args.dtypes.split(','))
+  ops_sets = args.ops.split(',')
+  for ops in ops_sets:
+    ops_lib.check_ops(ops)
+  torch_modes = args.torch_modes.split(',') if args.compare == 'torchvision' else []
+  unknown = sorted(set(torch_modes) - {'eager', 'compile'})
+  if unknown:
+    raise ValueError(f"unknown --torch-modes {unknown}: use 'eager' and/or 'compile'.")
+  if torch_modes:
+    torch, _ = _import_torch()
+  compiler_options = models.INIT_COMPILER_OPTIONS if args.fast_compile else None
+  ceilings = {d: matmul_gflops(d) for d in dict.fromkeys(c.dtype for c in cases)}
+  results = []
+  for case in cases:
+    print(f'{case.name}: compiling', flush=True)
+    runners = [jax_runner(case, ops, compiler_options) for ops in ops_sets]
+    if case.model == TORCH_TOPOLOGY:
+      runners += [torch_runner(case, mode) for mode in torch_modes]
+    time_interleaved(runners, args.repeats, args.warmup)
+    rows = case_rows(case, runners, ceilings[case.dtype])
+    for r in rows:
+      print(f"  {r['impl']:14s} {r['images_per_s']:8.1f} images/s "
+            f"({r['images_per_s_min']:.1f}–{r['images_per_s_max']:.1f}), compile "
+            f"{r['compile_s']:.1f} s, {r['gflops']:.0f} GFLOP/s", flush=True)
+    results += rows
+  device = jax.devices()[0]
+  report = dict(date=datetime.date.today().isoformat(),
+                device=cpu_model() if device.platform == 'cpu' else device.device_kind,
+                platform=device.platform, threads=threads(), jax=jax.__version__,
+                torch=torch.__version__ if torch_modes else None, ceilings=ceilings,
+                results=results, ratios=ratio_rows(results))
+  output = pathlib.Path(args.output)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  markdown = format_markdown(report)
+  output.with_suffix('.md').write_text(markdown + '\n')
+  output.with_suffix('.json').write_text(json.dumps(report, indent=1) + '\n')
+  print(markdown)
+  print(f"wrote {output.with_suffix('.md')} and {output.with_suffix('.json')}")
+  return report
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+  """Adds the `benchmark` sub-command."""
+  p = subparsers.add_parser(
+      'benchmark', help='images/s, compile time, memory and GFLOP/s of inference and '
+      'training steps, optionally interleaved with torchvision',
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--models', default='googlenet_bn,googlenet',
+                 help=f'comma-separated model names (torch runs beside {TORCH_TOPOLOGY})')
+  p.add_argument('--cases', default=DEFAULT_CASES,
+                 help='comma-separated kind:batch:size, kind infer or train')
+  p.add_argument('--dtypes', default='float32,bfloat16', help='compute dtypes')
+  p.add_argument('--ops', default='xla,fast',
+                 help="JAX kernel sets to time side by side: 'xla', 'fast' (inception_jax.ops)")
+  p.add_argument('--compare', choices=('none', 'torchvision'), default='none',
+                 help='also time torchvision.models.googlenet, interleaved')
+  p.add_argument('--torch-modes', default='eager,compile',
+                 help="torch implementations: 'eager' and/or 'compile' (both channels_last)")
+  p.add_argument('--repeats', type=int, default=5, help='timed rounds per case')
+  p.add_argument('--warmup', type=int, default=1, help='untimed runs after compiling')
+  p.add_argument('--fast-compile', action='store_true',
+                 help='compile with XLA backend optimizations off (smoke tests only)')
+  p.add_argument('--output', default='workdirs/benchmark',
+                 help='writes OUTPUT.md and OUTPUT.json')
+  p.set_defaults(run=run_benchmark)
