@@ -18,7 +18,6 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from inception_jax import layers, models, summary

@@ -28,7 +28,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from inception_jax import config as config_lib
 from inception_jax import models, summary, train

@@ -6,11 +6,10 @@ import json
 import os
 import pathlib
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from inception_jax import config as config_lib
 
-Command = Callable[[argparse.Namespace], None]
 DEFAULT_CONFIG = config_lib.CONFIGS / 'default.py'
 
 

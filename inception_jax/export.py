@@ -35,7 +35,6 @@ import numpy as np
 import tensorflow as tf
 
 from inception_jax import evaluation
-from inception_jax import inference
 from inception_jax import preprocessing
 from inception_jax import trainer
 

@@ -14,7 +14,7 @@ import json
 import os
 import pathlib
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -4,7 +4,6 @@ Caffe's `bvlc_googlenet` is the reference for what the paper leaves open:
 pooling output sizes round up (ceil mode) and LRN normalizes across channels.
 """
 
-import math
 from typing import Any
 
 import flax.linen as nn
