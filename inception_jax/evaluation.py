@@ -19,6 +19,7 @@ import numpy as np
 from inception_jax import checkpointing
 from inception_jax import input_pipeline
 from inception_jax import models
+from inception_jax import preprocessing
 from inception_jax import train
 from inception_jax import trainer
 
@@ -62,6 +63,7 @@ def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops:
   """(probabilities [N, classes], labels [N]) for every example of config.eval_split."""
   if crops not in CROPS:
     raise ValueError(f'crops must be one of {CROPS}, got {crops}.')
+  preprocessing.warn_if_mirrors_unseen(crops, config.random_flip)
   mesh = train.create_mesh()
   variables = jax.device_put(loaded.variables, train.replicated(mesh))
   forward = jax.jit(lambda v, x: jnp.exp(train.log_probs(loaded.model.apply, v, x)),

@@ -103,6 +103,7 @@ class Predictor:
     if config is None:
       config = trainer.load_config(evaluation.workdir_of(path))
     self.loaded = evaluation.load_model(path, config)
+    preprocessing.warn_if_mirrors_unseen(crops, config.random_flip)
     self.class_names = tuple(self.loaded.meta['class_names'])
     self.buckets = tuple(sorted(set(buckets)))
     self.preprocess = preprocessing.EvalPreprocess(

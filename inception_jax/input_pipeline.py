@@ -157,7 +157,8 @@ def make_train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0
   ds = ds.skip(offset).enumerate(first_example)
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch, drop_remainder=True)
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(
+      _options(deterministic=config.deterministic_data))
 
 
 def make_eval_dataset(config: ml_collections.ConfigDict, *, crops: int = 1,
@@ -187,7 +188,8 @@ def make_eval_dataset(config: ml_collections.ConfigDict, *, crops: int = 1,
   ds = share.in_order().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.concatenate(padding).take(num_eval_batches(config, process_count) * local_batch)
   ds = ds.batch(local_batch, drop_remainder=True)
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+  # Always in split order: ensembles and per-example predictions line models up by index.
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic=True))
 
 
 def num_eval_batches(config: ml_collections.ConfigDict,
@@ -496,10 +498,10 @@ def _seed(seed: int, stream: int, index: tf.Tensor) -> tf.Tensor:
       tf.constant([seed, stream], tf.int64), tf.cast(index, tf.int64))
 
 
-def _options(config: ml_collections.ConfigDict) -> tf.data.Options:
-  """tf.data options: deterministic order only when the config asks for it."""
+def _options(deterministic: bool) -> tf.data.Options:
+  """tf.data options: deterministic order, or faster parallel map in any order."""
   options = tf.data.Options()
-  options.deterministic = config.deterministic_data
+  options.deterministic = deterministic
   return options
 
 

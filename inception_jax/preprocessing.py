@@ -19,6 +19,7 @@ import dataclasses
 import math
 from typing import Callable, NamedTuple, Sequence
 
+from absl import logging
 import tensorflow as tf
 
 # The interpolation methods the GoogLeNet paper chooses from at random.
@@ -258,6 +259,15 @@ def _with_mirrors(images: tf.Tensor, sides: tf.Tensor, boxes: tf.Tensor) -> Mult
       sides=tf.tile(sides, [2]),
       boxes=tf.tile(boxes, [2, 1]),
       flipped=tf.repeat([False, True], count))
+
+
+def warn_if_mirrors_unseen(crops: int, random_flip: bool) -> None:
+  """Warns when multi-crop evaluation mirrors images a model never saw mirrored."""
+  if crops > 1 and not random_flip:
+    logging.warning('%d crops include mirrored images, but this model was trained without '
+                    'random flips (random_flip=False; e.g. digits or text, where a mirror '
+                    'changes the class): its mirrored predictions may be wrong. Use crops=1 '
+                    'or train with flips.', crops)
 
 
 def ten_crop(image: tf.Tensor, image_size: int, resize_ratio: float) -> MultiCrop:

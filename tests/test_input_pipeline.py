@@ -151,6 +151,19 @@ def test_padded_eval_counts_each_example_once(digits_config, process_count, batc
   assert all(batch['mask'].dtype == np.float32 for batch in shares[0])
 
 
+def test_eval_keeps_split_order_without_deterministic_data(digits_config):
+  # Ensembles average the members' predictions example by example: the order must hold
+  # even where training data may come in any order for speed.
+  config = _replace(digits_config, deterministic_data=False, eval_split='train')
+  dataset = input_pipeline.make_eval_dataset(config, process_index=0, process_count=1)
+  assert dataset.options().deterministic
+  labels = np.concatenate([batch['label'][batch['mask'] > 0]
+                           for batch in dataset.as_numpy_iterator()])
+  expected = [example['label'] for example in tfds.load(
+      'sklearn_digits', split='train', data_dir=config.data_dir).as_numpy_iterator()]
+  np.testing.assert_array_equal(labels, expected)
+
+
 @pytest.mark.parametrize('source', ['tfds', 'image_folder'])
 def test_train_epochs_are_permutations_of_disjoint_shares(digits_config, folder_config,
                                                           source):

@@ -297,3 +297,11 @@ def test_train_preprocess_rejects_bad_options(kwargs, message):
 def test_eval_preprocess_rejects_other_crop_counts():
   with pytest.raises(ValueError, match='1, 10 or 144'):
     preprocessing.EvalPreprocess(32, MEAN, STD, crops=5)
+
+
+def test_mirror_warning_only_for_multi_crop_of_models_trained_without_flips(caplog):
+  for crops, random_flip in [(1, False), (1, True), (10, True), (144, True)]:
+    preprocessing.warn_if_mirrors_unseen(crops, random_flip)
+  assert not caplog.records
+  preprocessing.warn_if_mirrors_unseen(10, False)
+  assert 'random_flip=False' in caplog.text and '10 crops' in caplog.text
