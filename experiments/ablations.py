@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from experiments import compilation_cache
 from experiments.configs import default
 from inception_jax import metric_logging
 from inception_jax import trainer
@@ -102,7 +103,8 @@ def main() -> None:
   args = parser.parse_args()
   start = time.time()
   args.out.parent.mkdir(parents=True, exist_ok=True)
-  text = run(args.seeds, args.epochs, args.width, args.data_dir, args.out)
+  with compilation_cache.shared_compilation_cache():
+    text = run(args.seeds, args.epochs, args.width, args.data_dir, args.out)
   text += f'\n\n(took {time.time() - start:.0f} s)\n'
   print(text)
   args.out.write_text(text)

@@ -1,0 +1,52 @@
+"""Tests of the experiment scripts' own arithmetic (their training runs are the scripts')."""
+
+import functools
+
+import numpy as np
+import pytest
+
+from experiments import ablations
+from experiments import crops_ensembles
+
+
+def _field(config, dotted_key: str):
+  return functools.reduce(lambda node, part: node[part], dotted_key.split('.'), config)
+
+
+def test_ensemble_sizes_are_odd_and_end_with_all_models():
+  assert crops_ensembles.ensemble_sizes(1) == [1]
+  assert crops_ensembles.ensemble_sizes(4) == [1, 3, 4]
+  assert crops_ensembles.ensemble_sizes(5) == [1, 3, 5]
+
+
+def test_table_errors_match_hand_counts():
+  labels = np.array([0, 1, 1, 0])
+  # Model A is right on examples 0-2 (error 25 %), model B on 0 and 3 (error 50 %);
+  # their softmax average is right on 0, 1 (0.55 vs 0.45) and 3 (0.6): error 25 %.
+  model_a = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.4, 0.6]])
+  model_b = np.array([[0.8, 0.2], [0.7, 0.3], [0.9, 0.1], [0.8, 0.2]])
+  probs = {crops: [model_a, model_b] for crops in (1, 10, 144)}
+  rows = crops_ensembles.table(probs, labels)
+  single_1_crop, ensemble_10_crops = rows[2], rows[2 + 3 + 1]
+  assert single_1_crop.startswith('| 1 | 1 | 1 | 37.50 ± 12.50 % | +0.00 |')
+  assert ensemble_10_crops.startswith('| 2 | 10 | 20 | 25.00 % | -12.50 |')
+  nll = -np.mean(np.log([0.85, 0.55, 0.35, 0.6]))
+  assert ensemble_10_crops.endswith(f'| {nll:.4f} |')
+
+
+def test_ablation_variants_change_only_their_fields():
+  base = ablations.variant_config({}, seed=3, epochs=2.0, width=0.25, data_dir='')
+  assert (base.model, base.seed, base.num_epochs, base.model_options.width) == (
+      'googlenet', 3, 2.0, 0.25)
+  for name, changes in ablations.VARIANTS.items():
+    config = ablations.variant_config(changes, seed=3, epochs=2.0, width=0.25, data_dir='')
+    differing = {key for key in changes if _field(config, key) != _field(base, key)}
+    assert differing == set(changes), name
+    assert config.seed == 3 and config.num_epochs == 2.0
+
+
+@pytest.mark.parametrize('models', [0, -1])
+def test_crops_ensembles_refuses_no_models(models, monkeypatch):
+  monkeypatch.setattr('sys.argv', ['crops_ensembles', '--models', str(models)])
+  with pytest.raises(SystemExit):
+    crops_ensembles.main()
