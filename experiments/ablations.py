@@ -1,6 +1,6 @@
 """Ablations of the paper's design choices on the embedded digits, several seeds each.
 
-  python -m experiments.ablations [--seeds 0 1] [--epochs 6] [--width 0.25]
+  python -m experiments.ablations [--seeds 0 1 2] [--epochs 10] [--width 0.25]
 
 The paper topology (`googlenet`, no BatchNorm) at reduced width on the scikit-learn
 digits (32x32), AdamW, the same number of epochs for every variant:
@@ -94,8 +94,8 @@ def run(seeds: list[int], epochs: float, width: float, data_dir: str, out: pathl
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
-  parser.add_argument('--epochs', type=float, default=6.0)
+  parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+  parser.add_argument('--epochs', type=float, default=10.0)
   parser.add_argument('--width', type=float, default=0.25)
   parser.add_argument('--data-dir', default='', help='tfds data_dir (default: tfds default)')
   parser.add_argument('--out', type=pathlib.Path,
