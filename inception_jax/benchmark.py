@@ -8,10 +8,14 @@ round, the order rotating — so that drift on a shared machine hits all of them
 alike; compare the ratios, not absolute times across runs.
 
 Per implementation: images/s (median and min–max over rounds), compile time
-(XLA compile; torch: the first call), peak resident memory of the process while
-it ran, achieved GFLOP/s from the model's own multiply-add count (inference
-2·MACs per image, training 6·MACs with the aux heads), and that as a fraction
-of a large matmul measured in the same run in the case's dtype.
+(XLA compile; torch: the first call), achieved GFLOP/s from the model's own
+multiply-add count (inference 2·MACs per image, training 6·MACs with the aux
+heads), and that as a fraction of a large matmul measured in the same run in the
+case's dtype. With `--startup`, each implementation of each case also runs once
+more in a fresh process of its own, which gives its peak resident memory (the
+process's maximum, compilation included, nothing else loaded) and its start-up
+time: from launching Python to the first step's result (imports, parameter
+initialization, compilation, one step).
 """
 
 import argparse
@@ -21,8 +25,10 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import statistics
-import threading
+import subprocess
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -60,7 +66,6 @@ class Runner:
   run: Callable[[], None]
   compile_s: float
   times: list[float] = dataclasses.field(default_factory=list)
-  peak_rss_mb: float = 0.0
 
 
 def parse_cases(spec: str, model_names: Sequence[str], dtypes: Sequence[str]) -> list[Case]:
@@ -94,36 +99,6 @@ def threads() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
 
-def _rss_mb() -> float:
-  try:
-    pages = int(pathlib.Path('/proc/self/statm').read_text().split()[1])
-    return pages * os.sysconf('SC_PAGE_SIZE') / 2**20
-  except (OSError, ValueError):
-    return 0.0
-
-
-class RssMonitor:
-  """Samples the process's resident memory every few ms; `peak_mb` once stopped."""
-
-  def __init__(self, interval_s: float = 0.005):
-    self.interval_s, self.peak_mb = interval_s, _rss_mb()
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._sample, daemon=True)
-
-  def _sample(self) -> None:
-    while not self._stop.wait(self.interval_s):
-      self.peak_mb = max(self.peak_mb, _rss_mb())
-
-  def __enter__(self) -> 'RssMonitor':
-    self._thread.start()
-    return self
-
-  def __exit__(self, *exc: Any) -> None:
-    self._stop.set()
-    self._thread.join()
-    self.peak_mb = max(self.peak_mb, _rss_mb())
-
-
 def matmul_gflops(dtype: str, repeats: int = 3) -> float:
   """Best GFLOP/s of a MATMUL_SIZE² `jnp.dot` in `dtype` on the default device."""
   a = jax.random.normal(jax.random.key(0), (MATMUL_SIZE, MATMUL_SIZE), models.DTYPES[dtype])
@@ -152,13 +127,18 @@ def _train_config(case: Case) -> Any:
 
 
 def jax_runner(case: Case, ops: str, compiler_options: dict[str, Any] | None) -> Runner:
-  """The JAX implementation of `case` with kernel set `ops`, compiled and warmed up."""
+  """The JAX implementation of `case` with kernel set `ops`, compiled and run once.
+
+  `compiler_options` None: the project's defaults (`ops.default_compiler_options`).
+  """
   model = models.create_model(case.model, dtype=case.dtype, ops=ops)
   shape = (case.batch, case.size, case.size, 3)
   images = jax.random.normal(jax.random.key(1), shape, jnp.float32)
   if case.kind == 'infer':
     variables = models.init_variables(model, jax.random.key(0), (1, *shape[1:]))
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False).logits)
+    if compiler_options is None:
+      compiler_options = ops_lib.default_compiler_options(jax.default_backend())
     start = time.perf_counter()
     compiled = apply.lower(variables, images).compile(compiler_options)
     compile_s = time.perf_counter() - start
@@ -236,15 +216,55 @@ def time_interleaved(runners: Sequence[Runner], repeats: int, warmup: int) -> No
   for round_index in range(repeats):
     shift = round_index % len(runners)
     for runner in [*runners[shift:], *runners[:shift]]:
-      with RssMonitor() as monitor, jax.transfer_guard('disallow'):
+      with jax.transfer_guard('disallow'):
         start = time.perf_counter()
         runner.run()
         runner.times.append(time.perf_counter() - start)
-      runner.peak_rss_mb = max(runner.peak_rss_mb, monitor.peak_mb)
+
+
+def make_runner(case: Case, impl: str, compiler_options: dict[str, Any] | None) -> Runner:
+  """The runner of `impl` ('jax xla', 'jax fast', 'torch eager', 'torch compile')."""
+  family, variant = impl.split()
+  if family == 'torch':
+    return torch_runner(case, variant)
+  return jax_runner(case, variant, compiler_options)
+
+
+def probe_in_fresh_process(case: Case, impl: str, fast_compile: bool) -> dict[str, float]:
+  """Start-up time and peak resident memory of `impl` on `case`, in a process of its own.
+
+  The child imports everything, builds and compiles the implementation, runs
+  one step (start-up ends when its result is ready), then two more, and reports
+  its maximum resident set size.
+  """
+  spec = json.dumps(dict(case=dataclasses.asdict(case), impl=impl, fast_compile=fast_compile))
+  start = time.time()
+  done = subprocess.run(
+      [sys.executable, '-c', 'import sys; from inception_jax import benchmark; '
+       'benchmark.probe_main(sys.argv[1])', spec],
+      capture_output=True, text=True, check=False, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+  if done.returncode:
+    raise RuntimeError(f'the fresh-process run of {impl} on {case.name} failed:\n'
+                       f'{done.stderr[-3000:]}')
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  return dict(startup_s=result['first_result_at'] - start, peak_rss_mb=result['peak_rss_mb'])
+
+
+def probe_main(spec: str) -> None:
+  """The child of `probe_in_fresh_process`: prints one JSON line."""
+  spec = json.loads(spec)
+  case, impl = Case(**spec['case']), spec['impl']
+  runner = make_runner(case, impl, models.INIT_COMPILER_OPTIONS if spec['fast_compile']
+                       else None)
+  first_result_at = time.time()
+  for _ in range(2):
+    runner.run()
+  peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+  print(json.dumps(dict(first_result_at=first_result_at, peak_rss_mb=peak_kb / 1024)))
 
 
 def case_rows(case: Case, runners: Sequence[Runner], ceiling: float) -> list[dict[str, Any]]:
-  """One result dict per runner of `case`."""
+  """One result dict per runner of `case` (start-up and memory are added by `--startup`)."""
   flops = flops_per_image(case)
   rows = []
   for runner in runners:
@@ -254,8 +274,7 @@ def case_rows(case: Case, runners: Sequence[Runner], ceiling: float) -> list[dic
     rows.append(dict(case=case.name, **dataclasses.asdict(case), impl=runner.impl,
                      images_per_s=median, images_per_s_min=rates[0],
                      images_per_s_max=rates[-1], ms_per_batch=1e3 * case.batch / median,
-                     compile_s=runner.compile_s, peak_rss_mb=runner.peak_rss_mb,
-                     gflops=gflops, ceiling_gflops=ceiling, fraction_of_ceiling=gflops / ceiling))
+                     compile_s=runner.compile_s, gflops=gflops, ceiling_gflops=ceiling, fraction_of_ceiling=gflops / ceiling))
   return rows
 
 
@@ -272,25 +291,33 @@ def ratio_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def format_markdown(report: dict[str, Any]) -> str:
-  """The report as Markdown: a header line, the results table and the ratio table."""
+  """The report as Markdown: a header line, the results table and the ratio table.
+
+  Start-up time and peak memory columns show '-' where they were not measured.
+  """
   lines = [f"GoogLeNet benchmark, {report['date']}, {report['device']}, "
            f"{report['threads']} threads, jax {report['jax']}"
            + (f", torch {report['torch']}" if report.get('torch') else '') + '. Matmul '
            f"ceiling ({MATMUL_SIZE}² jnp.dot): " + ', '.join(
                f'{d} {g:.0f} GFLOP/s' for d, g in report['ceilings'].items()) + '.', '',
-           '| case | impl | images/s median (min–max) | ms/batch | compile s | peak RSS MB '
-           '| GFLOP/s | of ceiling |', '|---|---|---:|---:|---:|---:|---:|---:|']
+           '| case | impl | images/s median (min–max) | ms/batch | compile s | GFLOP/s '
+           '| of ceiling | start-up s | peak RSS MB |', '|---|---|---:|---:|---:|---:|---:|---:|---:|']
   for r in report['results']:
     lines.append(f"| {r['case']} | {r['impl']} | {r['images_per_s']:.1f} "
                  f"({r['images_per_s_min']:.1f}–{r['images_per_s_max']:.1f}) | "
-                 f"{r['ms_per_batch']:.0f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} | "
-                 f"{r['gflops']:.0f} | {r['fraction_of_ceiling']:.2f} |")
+                 f"{r['ms_per_batch']:.0f} | {r['compile_s']:.1f} | {r['gflops']:.0f} | "
+                 f"{r['fraction_of_ceiling']:.2f} | {_optional(r, 'startup_s', '.1f')} | "
+                 f"{_optional(r, 'peak_rss_mb', '.0f')} |")
   if report['ratios']:
     lines += ['', 'Throughput ratio JAX / torch (interleaved in one process; > 1: JAX faster):',
               '', '| case | jax | torch | ratio |', '|---|---|---|---:|']
     lines += [f"| {r['case']} | {r['jax']} | {r['torch']} | {r['ratio']:.2f}× |"
               for r in report['ratios']]
   return '\n'.join(lines)
+
+
+def _optional(row: dict[str, Any], key: str, spec: str) -> str:
+  return format(row[key], spec) if key in row else '-'
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -310,12 +337,16 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   results = []
   for case in cases:
     print(f'{case.name}: compiling', flush=True)
-    runners = [jax_runner(case, ops, compiler_options) for ops in ops_sets]
+    impls = [f'jax {ops}' for ops in ops_sets]
     if case.model == TORCH_TOPOLOGY:
-      runners += [torch_runner(case, mode) for mode in torch_modes]
+      impls += [f'torch {mode}' for mode in torch_modes]
+    runners = [make_runner(case, impl, compiler_options) for impl in impls]
     time_interleaved(runners, args.repeats, args.warmup)
     rows = case_rows(case, runners, ceilings[case.dtype])
+    del runners  # free their memory before the fresh-process runs
     for r in rows:
+      if args.startup:
+        r.update(probe_in_fresh_process(case, r['impl'], args.fast_compile))
       print(f"  {r['impl']:14s} {r['images_per_s']:8.1f} images/s "
             f"({r['images_per_s_min']:.1f}–{r['images_per_s_max']:.1f}), compile "
             f"{r['compile_s']:.1f} s, {r['gflops']:.0f} GFLOP/s", flush=True)
@@ -355,6 +386,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
                  help="torch implementations: 'eager' and/or 'compile' (both channels_last)")
   p.add_argument('--repeats', type=int, default=5, help='timed rounds per case')
   p.add_argument('--warmup', type=int, default=1, help='untimed runs after compiling')
+  p.add_argument('--startup', action='store_true',
+                 help='also run each implementation in a fresh process for its start-up '
+                 'time and peak memory')
   p.add_argument('--fast-compile', action='store_true',
                  help='compile with XLA backend optimizations off (smoke tests only)')
   p.add_argument('--output', default='workdirs/benchmark',

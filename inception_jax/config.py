@@ -35,7 +35,9 @@ def get_base_config() -> ml_collections.ConfigDict:
       'naive_blocks': placeholder(bool),
       'dropout_rate': placeholder(float),
       'aux_dropout_rate': placeholder(float),
-      'ops': placeholder(str),  # 'xla' or 'fast' (inception_jax/ops.py)
+      # 'fast' (inception_jax/ops.py: same parameters and results, a training step 1.5-1.7x
+      # faster on CPU) or 'xla' (XLA's own convolutions and pools).
+      'ops': 'fast',
   })
   config.dtype = 'float32'  # compute dtype; parameters stay float32
   config.aux_weight = 0.3  # weight of each auxiliary classifier's loss

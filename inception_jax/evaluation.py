@@ -19,6 +19,7 @@ import numpy as np
 from inception_jax import checkpointing
 from inception_jax import input_pipeline
 from inception_jax import models
+from inception_jax import ops
 from inception_jax import preprocessing
 from inception_jax import train
 from inception_jax import trainer
@@ -68,7 +69,8 @@ def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops:
   variables = jax.device_put(loaded.variables, train.replicated(mesh))
   forward = jax.jit(lambda v, x: jnp.exp(train.log_probs(loaded.model.apply, v, x)),
                     in_shardings=(train.replicated(mesh), train.batch_sharding(mesh)),
-                    out_shardings=train.replicated(mesh))
+                    out_shardings=train.replicated(mesh),
+                    compiler_options=ops.default_compiler_options(jax.default_backend()))
   probs, labels = [], []
   for batch in input_pipeline.create_eval_iterator(config, mesh, crops=crops):
     keep = np.asarray(jax.device_get(batch['mask'])) > 0

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from inception_jax import evaluation
+from inception_jax import ops
 from inception_jax import preprocessing
 from inception_jax import train
 from inception_jax import trainer
@@ -110,8 +111,9 @@ class Predictor:
         image_size=config.image_size, mean_rgb=tuple(config.mean_rgb),
         std_rgb=tuple(config.std_rgb), resize_ratio=config.eval_resize_ratio, crops=crops)
     apply_fn = self.loaded.model.apply
-    self._forward = jax.jit(lambda variables, images: jnp.exp(
-        train.log_probs(apply_fn, variables, images)))
+    self._forward = jax.jit(
+        lambda variables, images: jnp.exp(train.log_probs(apply_fn, variables, images)),
+        compiler_options=ops.default_compiler_options(jax.default_backend()))
 
   @property
   def num_compilations(self) -> int:

@@ -4,11 +4,12 @@ Caffe's `bvlc_googlenet` is the reference for what the paper leaves open:
 pooling output sizes round up (ceil mode) and LRN normalizes across channels.
 """
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from inception_jax import ops as ops_lib
 
@@ -131,7 +132,8 @@ class FastConv(nn.Conv):
   """
 
   @nn.compact
-  def __call__(self, inputs: Array) -> Array:
+  def promoted(self, inputs: Array) -> tuple[Array, Array, Array | None]:
+    """(inputs, kernel, bias or None), all in the compute dtype; creates the parameters."""
     if (inputs.ndim != 4 or isinstance(self.padding, str) or self.feature_group_count != 1
         or self.input_dilation not in (1, (1, 1))
         or self.kernel_dilation not in (1, (1, 1))):
@@ -141,7 +143,10 @@ class FastConv(nn.Conv):
                         (*self.kernel_size, inputs.shape[-1], self.features), self.param_dtype)
     bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
-    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    return self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+
+  def __call__(self, inputs: Array) -> Array:
+    inputs, kernel, bias = self.promoted(inputs)
     stride = self.strides if isinstance(self.strides, int) else self.strides[0]
     y = ops_lib.conv2d(inputs, kernel, stride, tuple(map(tuple, self.padding)))
     return y if bias is None else y + bias
@@ -161,16 +166,44 @@ class ConvReLU(nn.Module):
   bias_init: Any = nn.initializers.zeros
   ops: str = 'xla'
 
-  @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
+  def setup(self) -> None:
     ops_lib.check_ops(self.ops)
     pad = self.kernel // 2
     conv = FastConv if self.ops == 'fast' else nn.Conv
-    x = conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
-             padding=((pad, pad), (pad, pad)), use_bias=not self.batch_norm,
-             dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init,
-             name='conv')(x)
+    self.conv = conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
+                     padding=((pad, pad), (pad, pad)), use_bias=not self.batch_norm,
+                     dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init)
     if self.batch_norm:
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
-                       dtype=self.dtype, name='bn')(x)
-    return nn.relu(x)
+      self.bn = nn.BatchNorm(momentum=0.9, epsilon=1e-3, dtype=self.dtype)
+
+  def __call__(self, x: Array, train: bool) -> Array:
+    return self.activate(self.conv(x), train)
+
+  def activate(self, y: Array, train: bool) -> Array:
+    """BatchNorm (if on) and ReLU of the convolution's output `y`."""
+    if self.batch_norm:
+      y = self.bn(y, use_running_average=not train)
+    return nn.relu(y)
+
+
+def pointwise_conv_relus(convs: Sequence[ConvReLU], x: Array, train: bool) -> list[Array]:
+  """`[conv(x, train) for conv in convs]` for 1x1 `ops='fast'` convs, as one matrix product.
+
+  The kernels are concatenated on their output channels, multiplied with `x`
+  once, and the product split back per conv: the same arithmetic and the same
+  parameters (each conv keeps its own) with one pass over `x` instead of one per conv.
+  """
+  for conv in convs:
+    if (conv.kernel, conv.stride, conv.ops) != (1, 1, 'fast'):
+      raise ValueError(f'pointwise_conv_relus fuses 1x1 stride-1 ConvReLUs with '
+                       f"ops='fast'; got kernel {conv.kernel}, stride {conv.stride}, "
+                       f'ops {conv.ops!r}. Call such a conv on its own.')
+  promoted = [conv.conv.promoted(x) for conv in convs]
+  x = promoted[0][0]
+  y = ops_lib.pointwise(x, jnp.concatenate([k[0, 0] for _, k, _ in promoted], axis=-1))
+  if all(b is not None for _, _, b in promoted):
+    y = y + jnp.concatenate([b for _, _, b in promoted])
+  elif any(b is not None for _, _, b in promoted):
+    raise ValueError('pointwise_conv_relus needs all convs with a bias or all without.')
+  parts = jnp.split(y, np.cumsum([conv.features for conv in convs])[:-1], axis=-1)
+  return [conv.activate(part, train) for conv, part in zip(convs, parts)]

@@ -88,7 +88,8 @@ class InceptionBlock(nn.Module):
 
   Reduced (2b): 1x1 | 1x1 → 3x3 | 1x1 → 5x5 | 3x3/1 max pool → 1x1 projection.
   Naive (2a): 1x1 | 3x3 | 5x5 | 3x3/1 max pool, no reductions or projection, so
-  the output has n1x1 + n3x3 + n5x5 + input channels.
+  the output has n1x1 + n3x3 + n5x5 + input channels. With `ops='fast'` the
+  three 1x1 convolutions that read the input run as one matrix product.
   """
   widths: tuple[int, int, int, int, int, int]
   naive: bool = False
@@ -111,9 +112,15 @@ class InceptionBlock(nn.Module):
                   conv(n5x5, self.large_kernel, name='5x5')(x, train),
                   pooled]
     else:
-      reduce3 = conv(n3x3_reduce, 1, name='3x3_reduce')(x, train)
-      reduce5 = conv(n5x5_reduce, 1, name='5x5_reduce')(x, train)
-      branches = [conv(n1x1, 1, name='1x1')(x, train),
+      reduce3 = conv(n3x3_reduce, 1, name='3x3_reduce')
+      reduce5 = conv(n5x5_reduce, 1, name='5x5_reduce')
+      out1x1 = conv(n1x1, 1, name='1x1')
+      if self.ops == 'fast':
+        reduce3, reduce5, out1x1 = layers.pointwise_conv_relus([reduce3, reduce5, out1x1], x,
+                                                               train)
+      else:
+        reduce3, reduce5, out1x1 = reduce3(x, train), reduce5(x, train), out1x1(x, train)
+      branches = [out1x1,
                   conv(n3x3, 3, name='3x3')(reduce3, train),
                   conv(n5x5, self.large_kernel, name='5x5')(reduce5, train),
                   conv(pool_proj, 1, name='pool_proj')(pooled, train)]

@@ -4,15 +4,20 @@ Each function computes exactly what its plain XLA counterpart computes (to float
 rounding) and runs unchanged on every backend; only the formulation differs:
 
   * `conv2d`: a 1x1, stride-1, unpadded convolution is a matrix product over the
-    channels, and XLA's `dot_general` (and its gradients) beats its
-    convolution emitter on CPU. Other convolutions run forward and input
-    gradient as XLA convolutions, but the weight gradient as one matmul per
-    kernel tap (the shifted input against the output gradient), which XLA's
-    CPU convolution weight gradient is several times slower than.
+    channels (`pointwise`), and XLA's `dot_general` (and its gradients) beats its
+    convolution emitter on CPU. The inception blocks go further and compute the
+    three 1x1 convolutions that read the block's input as one matrix product
+    (`layers.pointwise_conv_relus`). Other convolutions are XLA's.
   * `max_pool`: the gradient is built from masks, one per window offset, instead
     of XLA's `select_and_scatter`, which is several times slower on CPU. Ties
     send the gradient to the first maximum of the window in row-major order, as
     `select_and_scatter` does, so the gradient is the same as `jax.grad`'s.
+
+`CPU_COMPILER_OPTIONS` are per-compilation XLA options for the CPU backend: they
+keep convolutions off the YNNPACK library (whose convolution weight gradients
+are about 5x slower here than XLA's own Eigen kernels) while matrix products and
+reductions stay on it. Pass them to `.compile()` of CPU programs only; other
+backends reject them.
 """
 
 import functools
@@ -24,6 +29,13 @@ import jax.numpy as jnp
 Array = jax.Array
 Padding = tuple[tuple[int, int], tuple[int, int]]
 OPS = ('xla', 'fast')
+CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
+                        'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+
+
+def default_compiler_options(platform: str) -> dict[str, str]:
+  """The XLA compile options this project uses for the model on `platform` ('cpu', 'gpu', ...)."""
+  return dict(CPU_COMPILER_OPTIONS) if platform == 'cpu' else {}
 
 
 def check_ops(ops: str) -> None:
@@ -37,45 +49,14 @@ def conv2d(x: Array, kernel: Array, stride: int = 1, padding: Padding = ((0, 0),
            ) -> Array:
   """NHWC x HWIO convolution; 1x1 stride-1 unpadded ones as a channel matmul."""
   if kernel.shape[:2] == (1, 1) and stride == 1 and padding == ((0, 0), (0, 0)):
-    return lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
-  return _conv(x, kernel, stride, tuple(map(tuple, padding)))
-
-
-def _xla_conv(x: Array, kernel: Array, stride: int, padding: Padding) -> Array:
+    return pointwise(x, kernel[0, 0])
   return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x: Array, kernel: Array, stride: int, padding: Padding) -> Array:
-  return _xla_conv(x, kernel, stride, padding)
-
-
-def _conv_fwd(x: Array, kernel: Array, stride: int, padding: Padding
-              ) -> tuple[Array, tuple[Array, Array]]:
-  return _xla_conv(x, kernel, stride, padding), (x, kernel)
-
-
-def _conv_bwd(stride: int, padding: Padding, residuals: tuple[Array, Array], grad: Array
-              ) -> tuple[Array, Array]:
-  """XLA's input gradient; the weight gradient as one [Cin, Cout] matmul per kernel tap."""
-  x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda v: _xla_conv(v, kernel, stride, padding), x)
-  padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  batch, _, _, channels = padded.shape
-  out_h, out_w = grad.shape[1:3]
-  span_h, span_w = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
-  taps = []
-  for i in range(kernel.shape[0]):
-    for j in range(kernel.shape[1]):
-      cells = lax.slice(padded, (0, i, j, 0), (batch, i + span_h, j + span_w, channels),
-                        (1, stride, stride, 1))
-      taps.append(lax.dot_general(cells, grad, (((0, 1, 2), (0, 1, 2)), ((), ())),
-                                  preferred_element_type=kernel.dtype))
-  return input_vjp(grad)[0], jnp.stack(taps).reshape(kernel.shape)
-
-
-_conv.defvjp(_conv_fwd, _conv_bwd)
+def pointwise(x: Array, kernel: Array) -> Array:
+  """[..., Cin] x [Cin, Cout] → [..., Cout]: a 1x1 convolution as a matrix product."""
+  return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 def max_pool(x: Array, window: int, stride: int, padding: Padding) -> Array:

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from inception_jax import models, optim
+from inception_jax import ops as ops_lib
 
 jax.config.update('jax_threefry_partitionable', True)
 
@@ -261,8 +262,9 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
   """`train_step` jit-compiled for `mesh`: batch split over 'data', state replicated.
 
   The input state is donated (its buffers are reused for the new state); the
-  metrics come back replicated. `compiler_options` are passed to XLA (e.g.
-  `models.INIT_COMPILER_OPTIONS`, which cuts compile time on CPU for slower steps).
+  metrics come back replicated. `compiler_options` are passed to XLA; None
+  means `ops.default_compiler_options` for the mesh's platform (`{}`: XLA's own
+  defaults; `models.INIT_COMPILER_OPTIONS` cuts compile time for slower steps).
 
   Raises:
     ValueError: if config.batch_size does not divide by the number of devices.
@@ -272,7 +274,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
                            label_smoothing=config.label_smoothing)
   return jax.jit(step, in_shardings=(state_sharding, batch_sharding(mesh)),
                  out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0,
-                 compiler_options=compiler_options)
+                 compiler_options=_compiler_options(mesh, compiler_options))
 
 
 def eval_step(state: TrainState, batch: Batch) -> Metrics:
@@ -313,9 +315,19 @@ def log_probs(apply_fn: Callable[..., Any], variables: Any, images: Array) -> Ar
 def make_eval_step(mesh: Mesh, state_sharding: TrainState,
                    compiler_options: Mapping[str, Any] | None = None
                    ) -> Callable[[TrainState, Batch], Metrics]:
-  """`eval_step` jit-compiled for `mesh`: batch split over 'data', counts replicated."""
+  """`eval_step` jit-compiled for `mesh`: batch split over 'data', counts replicated.
+
+  `compiler_options` as in `make_train_step`.
+  """
   return jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding(mesh)),
-                 out_shardings=replicated(mesh), compiler_options=compiler_options)
+                 out_shardings=replicated(mesh),
+                 compiler_options=_compiler_options(mesh, compiler_options))
+
+
+def _compiler_options(mesh: Mesh, options: Mapping[str, Any] | None) -> Mapping[str, Any]:
+  if options is not None:
+    return options
+  return ops_lib.default_compiler_options(mesh.devices.flat[0].platform)
 
 
 def check_finite(metrics: Mapping[str, Any], step: int) -> None:

@@ -113,3 +113,39 @@ def test_fast_model_equals_xla_model(name):
     w = dict(jax.tree_util.tree_leaves_with_path(want_grads))[path]
     scale = float(jnp.max(jnp.abs(w))) + 1e-12
     np.testing.assert_allclose(g / scale, w / scale, atol=1e-4, err_msg=str(path))
+
+
+@pytest.mark.parametrize('batch_norm', [False, True])
+def test_pointwise_conv_relus_equal_separate_convs(batch_norm):
+  """One fused matrix product gives each conv's output and batch statistics."""
+  widths = (3, 5, 2)
+
+  class Separate(nn.Module):
+    fused: bool
+
+    @nn.compact
+    def __call__(self, x):
+      convs = [layers.ConvReLU(w, 1, batch_norm=batch_norm, ops='fast', name=f'c{i}',
+                               bias_init=nn.initializers.normal(1.0))
+               for i, w in enumerate(widths)]
+      if self.fused:
+        return layers.pointwise_conv_relus(convs, x, train=True)
+      return [c(x, train=True) for c in convs]
+
+  x = jax.random.normal(jax.random.key(5), (2, 4, 3, 6))
+  variables = Separate(False).init(jax.random.key(0), x)
+  want, want_state = Separate(False).apply(variables, x, mutable=['batch_stats'])
+  got, got_state = Separate(True).apply(variables, x, mutable=['batch_stats'])
+  assert [g.shape for g in got] == [(2, 4, 3, w) for w in widths]
+  for g, w in zip(jax.tree.leaves((got, got_state)), jax.tree.leaves((want, want_state))):
+    np.testing.assert_allclose(g, w, **TOL)
+
+
+def test_pointwise_conv_relus_refuses_a_3x3():
+  class Bad(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.pointwise_conv_relus([layers.ConvReLU(2, 3, ops='fast')], x, train=False)
+
+  with pytest.raises(ValueError, match='kernel 3'):
+    Bad().init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))
