@@ -119,10 +119,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   """Parses `argv` (default: sys.argv[1:]) and runs the chosen command."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow feeds data, quietly
   argv = sys.argv[1:] if argv is None else list(argv)
-  if argv[:1] == ['benchmark'] and importlib.util.find_spec('torch') is not None:
-    # torch (the optional peer of `benchmark --compare torchvision`) must be imported
-    # before TensorFlow, which the data commands import: the other order segfaults.
+  if argv[:1] == ['benchmark'] and importlib.util.find_spec('torchvision') is not None:
+    # torch and torchvision (the optional peers of `benchmark --compare torchvision`)
+    # must be imported before TensorFlow, which the data commands import: torchvision
+    # loads triton, which segfaults once TensorFlow is loaded.
     import torch  # pylint: disable=import-outside-toplevel,unused-import
+    import torchvision  # pylint: disable=import-outside-toplevel,unused-import
   args, overrides = build_parser().parse_known_args(argv)
   args.overrides = overrides
   if overrides and not hasattr(args, 'config'):

@@ -2,11 +2,16 @@
 
 import argparse
 import json
+import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
 
 from inception_jax import benchmark
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -48,3 +53,18 @@ def test_fresh_process_failure_shows_the_childs_error():
 def test_bad_case_says_how_to_write_one():
   with pytest.raises(ValueError, match='kind:batch:size'):
     benchmark.parse_cases('train:32', ['googlenet'], ['float32'])
+
+
+def test_cli_compares_with_torchvision_in_one_process(tmp_path):
+  """The command as users run it: torchvision and TensorFlow in one process, JAX/torch ratios."""
+  pytest.importorskip('torchvision')
+  done = subprocess.run(
+      [sys.executable, '-m', 'inception_jax', 'benchmark', '--models', 'googlenet_bn',
+       '--cases', 'infer:1:64', '--dtypes', 'float32', '--ops', 'xla', '--compare',
+       'torchvision', '--torch-modes', 'eager', '--repeats', '1', '--warmup', '0',
+       '--fast-compile', '--output', str(tmp_path / 'bench')],
+      capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-3000:]
+  ratios = json.loads((tmp_path / 'bench.json').read_text())['ratios']
+  assert [(r['jax'], r['torch']) for r in ratios] == [('jax xla', 'torch eager')]
+  assert ratios[0]['ratio'] > 0
