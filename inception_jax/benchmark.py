@@ -259,8 +259,23 @@ def probe_main(spec: str) -> None:
   first_result_at = time.time()
   for _ in range(2):
     runner.run()
-  peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-  print(json.dumps(dict(first_result_at=first_result_at, peak_rss_mb=peak_kb / 1024)))
+  print(json.dumps(dict(first_result_at=first_result_at, peak_rss_mb=peak_rss_mb())))
+
+
+def peak_rss_mb() -> float:
+  """This process's peak resident memory in MiB.
+
+  Linux's VmHWM starts afresh with each program (execve); `getrusage`'s
+  ru_maxrss does not: it keeps the forking parent's peak, so a child started
+  from a large process would report the parent's.
+  """
+  try:
+    for line in pathlib.Path('/proc/self/status').read_text().splitlines():
+      if line.startswith('VmHWM:'):
+        return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB (Linux)
 
 
 def case_rows(case: Case, runners: Sequence[Runner], ceiling: float) -> list[dict[str, Any]]:
