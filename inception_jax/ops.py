@@ -92,7 +92,13 @@ def _max_pool_fwd(x: Array, window: int, stride: int, padding: Padding
 
 def _max_pool_bwd(window: int, stride: int, padding: Padding, residuals: tuple[Array, Array],
                   grad: Array) -> tuple[Array]:
-  """Routes each output's gradient to the first input of its window equal to the max."""
+  """Routes each output's gradient to the first input of its window equal to the max.
+
+  Strided pools assemble the input gradient phase by phase: the input cells at
+  row r ≡ a and column c ≡ b (mod stride) receive gradient only from the window
+  offsets (i, j) ≡ (a, b), each an output-sized array shifted by whole cells,
+  so every phase is a sum at output resolution and one interleave builds the result.
+  """
   x, y = residuals
   (top, bottom), (left, right) = padding
   padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)),
@@ -101,18 +107,29 @@ def _max_pool_bwd(window: int, stride: int, padding: Padding, residuals: tuple[A
   out_h, out_w = y.shape[1:3]
   span_h, span_w = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
   claimed = jnp.zeros(y.shape, bool)
-  dpadded = jnp.zeros(padded.shape, grad.dtype)
   zero = jnp.zeros((), grad.dtype)
+  routed = {}
   for i in range(window):
     for j in range(window):
       cells = lax.slice(padded, (0, i, j, 0), (batch, i + span_h, j + span_w, channels),
                         (1, stride, stride, 1))
       hit = (cells == y) & ~claimed
       claimed = claimed | hit
-      routed = jnp.where(hit, grad, zero)
-      dpadded = dpadded + lax.pad(routed, zero, (
-          (0, 0, 0), (i, height - i - span_h, stride - 1),
-          (j, width - j - span_w, stride - 1), (0, 0, 0)))
+      routed[i, j] = jnp.where(hit, grad, zero)
+  rows, cols = -(-height // stride), -(-width // stride)  # cells per phase
+  phases = []
+  for a in range(stride):
+    for b in range(stride):
+      phase = jnp.zeros((batch, rows, cols, channels), grad.dtype)
+      for (i, j), values in routed.items():
+        if i % stride == a and j % stride == b:
+          di, dj = i // stride, j // stride
+          phase = phase + lax.pad(values, zero, ((0, 0, 0), (di, rows - out_h - di, 0),
+                                                 (dj, cols - out_w - dj, 0), (0, 0, 0)))
+      phases.append(phase)
+  dpadded = jnp.stack(phases, axis=3).reshape(batch, rows, cols, stride, stride, channels)
+  dpadded = dpadded.transpose(0, 1, 3, 2, 4, 5).reshape(
+      batch, rows * stride, cols * stride, channels)
   return (dpadded[:, top:height - bottom, left:width - right, :],)
 
 
