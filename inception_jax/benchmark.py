@@ -289,7 +289,8 @@ def case_rows(case: Case, runners: Sequence[Runner], ceiling: float) -> list[dic
     rows.append(dict(case=case.name, **dataclasses.asdict(case), impl=runner.impl,
                      images_per_s=median, images_per_s_min=rates[0],
                      images_per_s_max=rates[-1], ms_per_batch=1e3 * case.batch / median,
-                     compile_s=runner.compile_s, gflops=gflops, ceiling_gflops=ceiling, fraction_of_ceiling=gflops / ceiling))
+                     compile_s=runner.compile_s, gflops=gflops, ceiling_gflops=ceiling,
+                     fraction_of_ceiling=gflops / ceiling))
   return rows
 
 
@@ -316,7 +317,8 @@ def format_markdown(report: dict[str, Any]) -> str:
            f"ceiling ({MATMUL_SIZE}² jnp.dot): " + ', '.join(
                f'{d} {g:.0f} GFLOP/s' for d, g in report['ceilings'].items()) + '.', '',
            '| case | impl | images/s median (min–max) | ms/batch | compile s | GFLOP/s '
-           '| of ceiling | start-up s | peak RSS MB |', '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+           '| of ceiling | start-up s | peak RSS MB |',
+           '|---|---|---:|---:|---:|---:|---:|---:|---:|']
   for r in report['results']:
     lines.append(f"| {r['case']} | {r['impl']} | {r['images_per_s']:.1f} "
                  f"({r['images_per_s_min']:.1f}–{r['images_per_s_max']:.1f}) | "

@@ -15,9 +15,9 @@ rounding) and runs unchanged on every backend; only the formulation differs:
 
 `CPU_COMPILER_OPTIONS` are per-compilation XLA options for the CPU backend: they
 keep convolutions off the YNNPACK library (whose convolution weight gradients
-are about 5x slower here than XLA's own Eigen kernels) while matrix products and
-reductions stay on it. Pass them to `.compile()` of CPU programs only; other
-backends reject them.
+are up to 6x slower here than XLA's own Eigen kernels: 978 vs 162 ms for a 3x3,
+64→192 channels at 56x56, batch 32) while matrix products and reductions stay on
+it. Pass them to `.compile()` of CPU programs only; other backends reject them.
 """
 
 import functools

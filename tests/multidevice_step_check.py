@@ -10,10 +10,12 @@ For each model, one state is created on the 8-device mesh and copied to a
 images, 2 per device), and each 8-device step starts from the state the 1-device
 run had before that step. Comparing steps from the same state measures the
 step's own difference; two free-running trajectories can part for a discrete
-reason (a 1e-7 rounding difference in the parameters swaps a max-pool window's
-argmax or a ReLU's sign and sends a gradient elsewhere: measured for
-googlenet_bn_tiny, 2.7e-4 after two free-running steps, 1.4e-7 from the same state). The report has the largest absolute differences between the two
-runs (parameters, BatchNorm statistics, EMA; metrics relative to max(1, |value|)),
+reason (a 1e-7 rounding difference in the parameters can flip a discrete choice,
+such as a max-pool window's argmax or a ReLU's sign, and send a gradient
+elsewhere): measured for googlenet_bn_tiny, 2.7e-4 after two free-running steps,
+1.4e-7 from the same state. The report has the largest absolute differences
+between the two runs over the steps (parameters, BatchNorm statistics, EMA;
+metrics relative to max(1, |value|)),
 the largest parameter change and the difference a changed dropout key makes (for
 scale), and, for BatchNorm models, the first BatchNorm layer's running mean
 after one step against the same statistic computed by hand on the whole batch
