@@ -47,16 +47,50 @@ def check_ops(ops: str) -> None:
 
 def conv2d(x: Array, kernel: Array, stride: int = 1, padding: Padding = ((0, 0), (0, 0))
            ) -> Array:
-  """NHWC x HWIO convolution; 1x1 stride-1 unpadded ones as a channel matmul."""
+  """NHWC x HWIO convolution.
+
+  1x1 stride-1 unpadded ones are a channel matmul (`pointwise`); kernels larger
+  than the input's height or width are a matmul over gathered patches
+  (`patches_conv2d`); the rest are XLA's convolution.
+  """
   if kernel.shape[:2] == (1, 1) and stride == 1 and padding == ((0, 0), (0, 0)):
     return pointwise(x, kernel[0, 0])
+  if x.shape[1] < kernel.shape[0] or x.shape[2] < kernel.shape[1]:
+    return patches_conv2d(x, kernel, stride, padding)
   return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 def pointwise(x: Array, kernel: Array) -> Array:
-  """[..., Cin] x [Cin, Cout] → [..., Cout]: a 1x1 convolution as a matrix product."""
-  return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+  """[..., Cin] x [Cin, Cout] → [..., Cout]: a 1x1 convolution as a matrix product.
+
+  The product is taken on `x` flattened to [rows, Cin], so the kernel's gradient
+  is a plain two-dimensional product too (2-3x faster on CPU than contracting
+  batch, height and width as three dimensions).
+  """
+  rows = x.reshape(-1, x.shape[-1])
+  return lax.dot_general(rows, kernel, (((1,), (0,)), ((), ()))).reshape(
+      *x.shape[:-1], kernel.shape[-1])
+
+
+def patches_conv2d(x: Array, kernel: Array, stride: int = 1,
+                   padding: Padding = ((0, 0), (0, 0))) -> Array:
+  """NHWC x HWIO convolution as one matrix product of gathered patches (im2col).
+
+  Used where the kernel is larger than the input (the last inception blocks on
+  small images: a 3x3 on 2x2, a 5x5 on 4x4), where XLA's CPU convolution is
+  10x slower than this product.
+  """
+  kh, kw, cin, cout = kernel.shape
+  (top, bottom), (left, right) = padding
+  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  batch, height, width, _ = padded.shape
+  out_h, out_w = (height - kh) // stride + 1, (width - kw) // stride + 1
+  taps = [lax.slice(padded, (0, i, j, 0),
+                    (batch, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, cin),
+                    (1, stride, stride, 1))
+          for i in range(kh) for j in range(kw)]
+  return pointwise(jnp.concatenate(taps, axis=-1), kernel.reshape(kh * kw * cin, cout))
 
 
 def max_pool(x: Array, window: int, stride: int, padding: Padding) -> Array:

@@ -78,6 +78,31 @@ def test_conv2d_matches_xla_and_its_gradients(kernel_size, stride, pad):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('shape,kernel_size,stride,pad', [
+    ((2, 2, 2, 5), 3, 1, 1),  # googlenet_bn's inception 5 at 64x64 input
+    ((2, 4, 3, 5), 5, 1, 2),  # the paper's 5x5 at 4x4, non-square
+    ((2, 1, 1, 5), 3, 1, 1),
+    ((2, 9, 7, 5), 3, 2, 1),  # patches_conv2d is general: strided, larger inputs
+    ((2, 9, 7, 5), 7, 2, 3),
+])
+def test_conv2d_with_kernel_larger_than_input_matches_xla(shape, kernel_size, stride, pad):
+  kx, kw = jax.random.split(jax.random.key(5))
+  x = jax.random.normal(kx, shape)
+  kernel = jax.random.normal(kw, (kernel_size, kernel_size, 5, 6))
+  padding = ((pad, pad), (pad, pad))
+
+  def plain(v, w):
+    return jax.lax.conv_general_dilated(v, w, (stride, stride), padding,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  want, want_grads = _values_and_grads(plain, x, kernel)
+  for fn in (ops.conv2d, ops.patches_conv2d):
+    got, got_grads = _values_and_grads(lambda v, w: fn(v, w, stride, padding), x, kernel)
+    np.testing.assert_allclose(got, want, **TOL)
+    for g, w in zip(got_grads, want_grads):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
 def test_unknown_ops_is_refused():
   model = models.create_model('googlenet_tiny', ops='cuda')
   with pytest.raises(ValueError, match="'xla'"):
