@@ -7,10 +7,13 @@ rounding) and runs unchanged on every backend; only the formulation differs:
     channels (`pointwise`), and XLA's `dot_general` (and its gradients) beats its
     convolution emitter on CPU. The inception blocks go further and compute the
     three 1x1 convolutions that read the block's input as one matrix product
-    (`layers.pointwise_conv_relus`). Other convolutions are XLA's.
-  * `max_pool`: the gradient is built from masks, one per window offset, instead
-    of XLA's `select_and_scatter`, which is several times slower on CPU. Ties
-    send the gradient to the first maximum of the window in row-major order, as
+    (`layers.pointwise_conv_relus`). A kernel larger than its input (the last
+    blocks on small images) is a matrix product of gathered patches
+    (`patches_conv2d`). Other convolutions are XLA's.
+  * `max_pool`: the maxima are taken along rows, then columns; the gradient is
+    built from masks, one per window offset, instead of XLA's
+    `select_and_scatter`, which is several times slower on CPU. Ties send the
+    gradient to the first maximum of the window in row-major order, as
     `select_and_scatter` does, so the gradient is the same as `jax.grad`'s.
 
 `CPU_COMPILER_OPTIONS` are per-compilation XLA options for the CPU backend: they
@@ -109,8 +112,14 @@ def max_pool(x: Array, window: int, stride: int, padding: Padding) -> Array:
 
 
 def _reduce_max(x: Array, window: int, stride: int, padding: Padding) -> Array:
-  return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, window, window, 1),
-                           (1, stride, stride, 1), ((0, 0), *padding, (0, 0)))
+  """The window maxima as a max over rows of a max over columns (exact, and 2-7x
+  faster on CPU than XLA's two-dimensional reduce_window on most of GoogLeNet's pools)."""
+  init = jnp.array(-jnp.inf, x.dtype)
+  (top, bottom), (left, right) = padding
+  rows = lax.reduce_window(x, init, lax.max, (1, 1, window, 1), (1, 1, stride, 1),
+                           ((0, 0), (0, 0), (left, right), (0, 0)))
+  return lax.reduce_window(rows, init, lax.max, (1, window, 1, 1), (1, stride, 1, 1),
+                           ((0, 0), (top, bottom), (0, 0), (0, 0)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
