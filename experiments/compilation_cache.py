@@ -4,7 +4,7 @@ import contextlib
 import tempfile
 from typing import Iterator
 
-import jax
+from inception_jax import compilation_cache
 
 
 @contextlib.contextmanager
@@ -15,9 +15,8 @@ def shared_compilation_cache() -> Iterator[str]:
   compiles (tens of seconds on two cores), the rest load the executable.
   """
   with tempfile.TemporaryDirectory() as cache:
-    jax.config.update('jax_compilation_cache_dir', cache)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+    compilation_cache.use_persistent_cache(cache)
     try:
       yield cache
     finally:
-      jax.config.update('jax_compilation_cache_dir', None)
+      compilation_cache.use_persistent_cache(None)

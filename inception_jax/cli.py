@@ -14,10 +14,13 @@ DEFAULT_CONFIG = config_lib.CONFIGS / 'default.py'
 
 
 def _train(args: argparse.Namespace) -> None:
+  from inception_jax import compilation_cache  # pylint: disable=import-outside-toplevel
   from inception_jax import trainer  # pylint: disable=import-outside-toplevel
   config = config_lib.load(args.config, args.overrides)
   workdir = args.workdir or str(pathlib.Path('workdirs') / pathlib.Path(args.config).stem)
   print(f'config {args.config}; work directory {pathlib.Path(workdir).absolute()}', flush=True)
+  if config.compilation_cache:
+    compilation_cache.use_persistent_cache(str(pathlib.Path(workdir) / 'xla_cache'))
   try:
     trainer.train_and_evaluate(config, workdir)
   except trainer.Preempted:

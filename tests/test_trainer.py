@@ -136,6 +136,8 @@ def test_sigterm_then_kill9_then_resume_is_bit_identical(trained, tmp_path):
   assert match, output
   saved = checkpointing.create_manager(workdir / 'checkpoints', read_only=True).all_steps()
   assert int(match.group(1)) >= 3 and max(saved) == int(match.group(1)), saved
+  compiled_step = _cached_train_steps(workdir)
+  assert compiled_step, 'the first run left no compiled train step in <workdir>/xla_cache'
 
   code, output = _run_cli(config, workdir, stop_after_step=6)
   assert code == -signal.SIGKILL, output
@@ -145,6 +147,14 @@ def test_sigterm_then_kill9_then_resume_is_bit_identical(trained, tmp_path):
   assert code == 0, output
   jax.tree.map(np.testing.assert_array_equal, final_params(workdir),
                final_params(reference_dir))
+  assert _cached_train_steps(workdir) == compiled_step  # loaded, never compiled again
+
+
+def _cached_train_steps(workdir: pathlib.Path) -> dict[str, tuple[int, int]]:
+  """The train step's files in the run's compilation cache: name → (mtime, size)."""
+  cache = workdir / 'xla_cache'
+  return {p.name: (p.stat().st_mtime_ns, p.stat().st_size)
+          for p in (cache.iterdir() if cache.exists() else ()) if p.name.startswith('jit_step')}
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(trained, tmp_path, caplog):
