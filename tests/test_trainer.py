@@ -154,7 +154,7 @@ def _cached_train_steps(workdir: pathlib.Path) -> dict[str, tuple[int, int]]:
   """The train step's files in the run's compilation cache: name → (mtime, size)."""
   cache = workdir / 'xla_cache'
   return {p.name: (p.stat().st_mtime_ns, p.stat().st_size)
-          for p in (cache.iterdir() if cache.exists() else ()) if p.name.startswith('jit_step')}
+          for p in (cache.iterdir() if cache.exists() else ()) if p.name.startswith('jit_train_step-')}
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(trained, tmp_path, caplog):
