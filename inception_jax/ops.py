@@ -82,7 +82,7 @@ def patches_conv2d(x: Array, kernel: Array, stride: int = 1,
 
   Used where the kernel is larger than the input (the last inception blocks on
   small images: a 3x3 on 2x2, a 5x5 on 4x4), where XLA's CPU convolution is
-  10x slower than this product.
+  8-18x slower than this product (forward, batch 128, measured on 2 cores).
   """
   kh, kw, cin, cout = kernel.shape
   (top, bottom), (left, right) = padding
@@ -112,8 +112,11 @@ def max_pool(x: Array, window: int, stride: int, padding: Padding) -> Array:
 
 
 def _reduce_max(x: Array, window: int, stride: int, padding: Padding) -> Array:
-  """The window maxima as a max over rows of a max over columns (exact, and 2-7x
-  faster on CPU than XLA's two-dimensional reduce_window on most of GoogLeNet's pools)."""
+  """The window maxima as a max over rows of a max over columns.
+
+  Exact, and 2-10x faster on CPU than XLA's two-dimensional reduce_window on
+  GoogLeNet's pools except the first (3x3/2 on 112x112x64: 20 vs 16 ms).
+  """
   init = jnp.array(-jnp.inf, x.dtype)
   (top, bottom), (left, right) = padding
   rows = lax.reduce_window(x, init, lax.max, (1, 1, window, 1), (1, 1, stride, 1),
