@@ -90,7 +90,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3
   # `python -m inception_jax train` keeps the compiled steps in <workdir>/xla_cache, so a
-  # resumed run loads them instead of compiling again (about 20 s for ImageNet-size steps on 2 cores).
+  # resumed run loads them instead of compiling again (about 20 s for a 224-px step on 2 cores).
   config.compilation_cache = True
   config.init_from = ''  # checkpoint to fine-tune from (work dir or step dir)
   config.init_from_reinit = ''  # regex of extra param paths allowed to stay fresh

@@ -62,20 +62,7 @@ def test_max_pool_rejects_integer_input():
 
 @pytest.mark.parametrize('kernel_size,stride,pad', [(1, 1, 0), (3, 1, 1), (7, 2, 3), (1, 2, 0)])
 def test_conv2d_matches_xla_and_its_gradients(kernel_size, stride, pad):
-  kx, kw = jax.random.split(jax.random.key(2))
-  x = jax.random.normal(kx, (2, 9, 7, 5))
-  kernel = jax.random.normal(kw, (kernel_size, kernel_size, 5, 6))
-  padding = ((pad, pad), (pad, pad))
-
-  def plain(v, w):
-    return jax.lax.conv_general_dilated(v, w, (stride, stride), padding,
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-  want, want_grads = _values_and_grads(plain, x, kernel)
-  got, got_grads = _values_and_grads(lambda v, w: ops.conv2d(v, w, stride, padding), x, kernel)
-  np.testing.assert_allclose(got, want, **TOL)
-  for g, w in zip(got_grads, want_grads):
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+  _assert_conv_matches_xla(ops.conv2d, jax.random.key(2), (2, 9, 7, 5), kernel_size, stride, pad)
 
 
 @pytest.mark.parametrize('shape,kernel_size,stride,pad', [
@@ -86,9 +73,15 @@ def test_conv2d_matches_xla_and_its_gradients(kernel_size, stride, pad):
     ((2, 9, 7, 5), 7, 2, 3),
 ])
 def test_conv2d_with_kernel_larger_than_input_matches_xla(shape, kernel_size, stride, pad):
-  kx, kw = jax.random.split(jax.random.key(5))
+  for fn in (ops.conv2d, ops.patches_conv2d):
+    _assert_conv_matches_xla(fn, jax.random.key(5), shape, kernel_size, stride, pad)
+
+
+def _assert_conv_matches_xla(fn, key, shape, kernel_size, stride, pad):
+  """fn(x, kernel, stride, padding) and its gradients equal lax.conv_general_dilated's."""
+  kx, kw = jax.random.split(key)
   x = jax.random.normal(kx, shape)
-  kernel = jax.random.normal(kw, (kernel_size, kernel_size, 5, 6))
+  kernel = jax.random.normal(kw, (kernel_size, kernel_size, shape[-1], 6))
   padding = ((pad, pad), (pad, pad))
 
   def plain(v, w):
@@ -96,11 +89,10 @@ def test_conv2d_with_kernel_larger_than_input_matches_xla(shape, kernel_size, st
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
   want, want_grads = _values_and_grads(plain, x, kernel)
-  for fn in (ops.conv2d, ops.patches_conv2d):
-    got, got_grads = _values_and_grads(lambda v, w: fn(v, w, stride, padding), x, kernel)
-    np.testing.assert_allclose(got, want, **TOL)
-    for g, w in zip(got_grads, want_grads):
-      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+  got, got_grads = _values_and_grads(lambda v, w: fn(v, w, stride, padding), x, kernel)
+  np.testing.assert_allclose(got, want, **TOL)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
 def test_unknown_ops_is_refused():

@@ -153,8 +153,9 @@ def test_sigterm_then_kill9_then_resume_is_bit_identical(trained, tmp_path):
 def _cached_train_steps(workdir: pathlib.Path) -> dict[str, tuple[int, int]]:
   """The train step's files in the run's compilation cache: name → (mtime, size)."""
   cache = workdir / 'xla_cache'
+  files = cache.iterdir() if cache.exists() else ()
   return {p.name: (p.stat().st_mtime_ns, p.stat().st_size)
-          for p in (cache.iterdir() if cache.exists() else ()) if p.name.startswith('jit_train_step-')}
+          for p in files if p.name.startswith('jit_train_step-')}
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(trained, tmp_path, caplog):
