@@ -108,11 +108,6 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     manager.reload()
 
 
-def abstract_like(state: Any) -> Any:
-  """The shapes, dtypes and shardings of `state`, as a restore target."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-
-
 def find_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, int | None]:
   """Resolves a work directory, its checkpoints/ folder or one step folder.
 

@@ -38,6 +38,7 @@ from typing import Iterator, Mapping, Sequence
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 import ml_collections
 import tensorflow as tf
@@ -111,6 +112,19 @@ def create_train_iterator(config: ml_collections.ConfigDict, mesh: Mesh,
   """
   train.check_batch_divisible(config.batch_size, mesh, 'batch_size')
   return _global_batches(make_train_dataset(config, start_step=start_step), mesh)
+
+
+def train_batch_spec(config: ml_collections.ConfigDict, mesh: Mesh
+                     ) -> dict[str, jax.ShapeDtypeStruct]:
+  """What `create_train_iterator` yields, as `jax.ShapeDtypeStruct`s with their sharding.
+
+  Lets the training step be compiled before the first batch (or the state) exists.
+  """
+  sharding = train.batch_sharding(mesh)
+  size = config.image_size
+  return {'image': jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.float32,
+                                        sharding=sharding),
+          'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=sharding)}
 
 
 def create_eval_iterator(config: ml_collections.ConfigDict, mesh: Mesh,

@@ -117,10 +117,6 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
                        ) -> tuple[TrainState, TrainState]:
   """Initializes the training state directly replicated over `mesh`.
 
-  The state's shapes come from `jax.eval_shape`; the initialization is then
-  compiled with those shardings as `out_shardings`, so no copy of the state is
-  first made on one device.
-
   Args:
     config: the experiment configuration (seed, optimizer, ema_decay, ...).
     model: the flax module, e.g. from `models.create_model`.
@@ -132,6 +128,25 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
 
   Returns:
     (state, state_sharding): the state, and a state-shaped tree of its shardings.
+  """
+  initialize, abstract_state = train_state_initializer(config, model, image_shape, mesh,
+                                                       steps_per_epoch, trainable_mask)
+  return initialize(), shardings_of(abstract_state)
+
+
+def train_state_initializer(config: ml_collections.ConfigDict, model: nn.Module,
+                            image_shape: tuple[int, ...], mesh: Mesh, steps_per_epoch: int,
+                            trainable_mask: optim.TrainableMask | None = None
+                            ) -> tuple[Callable[[], TrainState], TrainState]:
+  """(initialize, abstract_state) for the state `create_train_state` makes.
+
+  `abstract_state` is that state as `jax.ShapeDtypeStruct`s with their (replicated)
+  shardings, from `jax.eval_shape` without computing anything: enough to compile
+  the training step or restore a checkpoint before, or instead of, initializing.
+  `initialize()` compiles and runs the initialization with those shardings as
+  `out_shardings`, so no copy of the state is first made on one device. Both
+  share the optimizer and schedule, so steps compiled for one accept the other.
+  Same arguments as `create_train_state`.
   """
   tx = optim.create_optimizer(config, steps_per_epoch, trainable_mask)
   learning_rate_fn = optim.create_learning_rate_schedule(config, steps_per_epoch)
@@ -150,10 +165,21 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
         ema_decay=config.ema_decay)
 
   key = jax.random.key(config.seed)
-  state_sharding = jax.tree.map(lambda _: replicated(mesh), jax.eval_shape(init, key))
-  compiled = jax.jit(init, out_shardings=state_sharding).lower(key).compile(
-      compiler_options=models.INIT_COMPILER_OPTIONS)
-  return compiled(key), state_sharding
+  abstract_state = jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated(mesh)),
+      jax.eval_shape(init, key))
+
+  def initialize() -> TrainState:
+    compiled = jax.jit(init, out_shardings=shardings_of(abstract_state)).lower(key).compile(
+        compiler_options=models.INIT_COMPILER_OPTIONS)
+    return compiled(key)
+
+  return initialize, abstract_state
+
+
+def shardings_of(abstract_state: TrainState) -> TrainState:
+  """The state-shaped tree of shardings of an abstract state (`train_state_initializer`)."""
+  return jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
 
 
 def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) -> Array:

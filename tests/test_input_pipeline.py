@@ -311,6 +311,9 @@ def test_iterators_yield_global_arrays_on_a_one_device_mesh(digits_config):
   assert batch['image'].shape == (16, IMAGE_SIZE, IMAGE_SIZE, 3)
   assert batch['label'].shape == (16,) and batch['label'].dtype == np.int32
   assert batch['image'].sharding.is_equivalent_to(sharding, 4)
+  spec = input_pipeline.train_batch_spec(digits_config, mesh)
+  assert {k: (v.shape, v.dtype, v.sharding) for k, v in spec.items()} == {
+      k: (v.shape, v.dtype, v.sharding) for k, v in batch.items()}
   eval_batches = list(input_pipeline.create_eval_iterator(digits_config, mesh, crops=10))
   assert len(eval_batches) == 6  # ceil(360 / 64)
   assert eval_batches[0]['image'].shape == (64, 10, IMAGE_SIZE, IMAGE_SIZE, 3)
