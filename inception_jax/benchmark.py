@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from inception_jax import config as config_lib
-from inception_jax import models, summary, train
+from inception_jax import host_memory, models, summary, train
 from inception_jax import ops as ops_lib
 
 DEFAULT_CASES = 'infer:1:224,infer:8:224,infer:32:224,train:32:224,train:128:64'
@@ -159,6 +159,7 @@ def jax_runner(case: Case, ops: str, compiler_options: dict[str, Any] | None) ->
     def run() -> None:
       holder[0], metrics = compiled(holder[0], batch)
       metrics['loss'].block_until_ready()
+  host_memory.release_free_memory()
   run()
   return Runner(f'jax {ops}', run, compile_s)
 

@@ -23,6 +23,7 @@ import numpy as np
 from inception_jax import checkpointing
 from inception_jax import distributed
 from inception_jax import finetune
+from inception_jax import host_memory
 from inception_jax import input_pipeline
 from inception_jax import metric_logging
 from inception_jax import models
@@ -138,6 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         abstract_state, input_pipeline.train_batch_spec(config, mesh)).compile()
     compile_s = time.time() - compile_start
     state = pending_state.result()
+  host_memory.release_free_memory()
   start_step = int(fetch(state.step))
   writer = metric_logging.MetricWriter(workdir, enabled=is_main)
   eval_step = train.make_eval_step(mesh, state_sharding)
