@@ -132,12 +132,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   # The state is restored or initialized in a second thread while this one
   # compiles the training step for its abstract shapes: both mostly run in XLA.
+  # A finished run (it only re-evaluates) leaves the step to compile on first use.
+  train_step = train.make_train_step(config, mesh, state_sharding)
   with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='initial_state') as pool:
     pending_state = pool.submit(initial_state)
-    compile_start = time.time()
-    train_step = train.make_train_step(config, mesh, state_sharding).lower(
-        abstract_state, input_pipeline.train_batch_spec(config, mesh)).compile()
-    compile_s = time.time() - compile_start
+    compile_s = None
+    if (manager.latest_step() or 0) < total_steps:
+      compile_start = time.time()
+      train_step = train_step.lower(
+          abstract_state, input_pipeline.train_batch_spec(config, mesh)).compile()
+      compile_s = time.time() - compile_start
     state = pending_state.result()
   host_memory.release_free_memory()
   start_step = int(fetch(state.step))
@@ -149,7 +153,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           f'({steps_per_epoch} per epoch) on {jax.device_count()} device(s); '
           f'work directory {workdir.absolute()}'
           + (f'; resuming at step {start_step}' if start_step else ''), flush=True)
-    print(f'compiled the training step in {compile_s:.1f} s', flush=True)
+    if compile_s is not None:
+      print(f'compiled the training step in {compile_s:.1f} s', flush=True)
 
   def run_eval(step: int) -> dict[str, float]:
     result = evaluate(eval_step, state, input_pipeline.create_eval_iterator(config, mesh))

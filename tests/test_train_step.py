@@ -232,6 +232,25 @@ def test_the_step_compiled_once(tiny):
   assert tiny.step._cache_size() == 1  # pylint: disable=protected-access
 
 
+def test_a_step_compiled_for_the_abstract_state_trains_the_initialized_one(tiny):
+  # What the trainer does: compile from shapes while the state is initialized.
+  initialize, abstract = train.train_state_initializer(tiny.config, tiny.model, IMAGE_SHAPE,
+                                                       tiny.mesh, 100)
+  batch = _tiny_batch()
+  batch_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=train.batch_sharding(tiny.mesh)), batch)
+  compiled = train.make_train_step(tiny.config, tiny.mesh, train.shardings_of(abstract),
+                                   FAST).lower(abstract, batch_spec).compile()
+  state = initialize()
+  for want, leaf in zip(jax.tree.leaves(abstract), jax.tree.leaves(state), strict=True):
+    assert (want.shape, want.dtype) == (leaf.shape, leaf.dtype)
+    assert leaf.sharding.is_equivalent_to(want.sharding, leaf.ndim)
+  jax.tree.map(np.testing.assert_array_equal, state.params, tiny.state.params)  # same seed
+  _, metrics = compiled(state, batch)
+  _, expected = tiny.step(_copy(tiny.state), batch)
+  assert float(metrics['loss']) == float(expected['loss'])
+
+
 # Mechanics checked on small stand-in models.
 
 
