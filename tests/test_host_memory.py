@@ -23,5 +23,5 @@ def test_freed_heap_memory_goes_back_to_the_os():
   before = _resident_mb()
   host_memory.release_free_memory()
   after = _resident_mb()
+  del kept  # the tenth of the blocks still in use, held until the measurement is taken
   assert before - after > 100, (before, after)
-  assert len(kept) == 300
