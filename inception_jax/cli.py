@@ -9,6 +9,7 @@ import sys
 from typing import Sequence
 
 from inception_jax import config as config_lib
+from inception_jax import host_memory
 
 DEFAULT_CONFIG = config_lib.CONFIGS / 'default.py'
 
@@ -121,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
   """Parses `argv` (default: sys.argv[1:]) and runs the chosen command."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow feeds data, quietly
+  if argv is None and sys.argv[1:2] == ['train']:
+    # The process runs this command line alone: start it again with huge pages
+    # for XLA's per-step buffers (glibc reads the setting only at start-up).
+    host_memory.restart_with_huge_pages()
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv[:1] == ['benchmark'] and importlib.util.find_spec('torchvision') is not None:
     # torch and torchvision (the optional peers of `benchmark --compare torchvision`)
