@@ -152,10 +152,40 @@ class FastConv(nn.Conv):
     return y if bias is None else y + bias
 
 
+class BatchNormReLU(nn.Module):
+  """ReLU of `nn.BatchNorm` (same variables, statistics and results) via `ops.batch_norm_relu`.
+
+  In training mode the batch statistics normalize and update the running
+  averages (`momentum` keeps that much of the old value); in evaluation mode the
+  running averages normalize.
+  """
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array, use_running_average: bool) -> Array:
+    channels = (x.shape[-1],)
+    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, channels, jnp.float32)
+    running_var = self.variable('batch_stats', 'var', jnp.ones, channels, jnp.float32)
+    scale = self.param('scale', nn.initializers.ones, channels, jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, channels, jnp.float32)
+    dtype = self.dtype or x.dtype
+    if use_running_average:
+      inverse = jax.lax.rsqrt(running_var.value + self.epsilon)
+      return nn.relu((x - running_mean.value) * (inverse * scale) + bias).astype(dtype)
+    y, mean, var = ops_lib.batch_norm_relu(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+      running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
+    return y.astype(dtype)
+
+
 class ConvReLU(nn.Module):
   """Convolution (Caffe padding: kernel//2 on each side) → optional BatchNorm → ReLU.
 
-  `ops='fast'` computes the convolution with `ops.conv2d`; parameters are the same.
+  `ops='fast'` computes the convolution with `ops.conv2d` and BatchNorm + ReLU
+  with `BatchNormReLU`; parameters are the same.
   """
   features: int
   kernel: int
@@ -174,13 +204,16 @@ class ConvReLU(nn.Module):
                      padding=((pad, pad), (pad, pad)), use_bias=not self.batch_norm,
                      dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init)
     if self.batch_norm:
-      self.bn = nn.BatchNorm(momentum=0.9, epsilon=1e-3, dtype=self.dtype)
+      norm = BatchNormReLU if self.ops == 'fast' else nn.BatchNorm
+      self.bn = norm(momentum=0.9, epsilon=1e-3, dtype=self.dtype)
 
   def __call__(self, x: Array, train: bool) -> Array:
     return self.activate(self.conv(x), train)
 
   def activate(self, y: Array, train: bool) -> Array:
     """BatchNorm (if on) and ReLU of the convolution's output `y`."""
+    if self.batch_norm and self.ops == 'fast':
+      return self.bn(y, use_running_average=not train)
     if self.batch_norm:
       y = self.bn(y, use_running_average=not train)
     return nn.relu(y)

@@ -16,6 +16,11 @@ rounding) and runs unchanged on every backend; only the formulation differs:
     gradient to the first maximum of the window in row-major order, as
     `select_and_scatter` does, so the gradient is the same as `jax.grad`'s.
 
+  * `batch_norm_relu`: training-mode BatchNorm followed by ReLU with a
+    hand-written gradient: one reduction and one elementwise pass over the
+    input and the output gradient, where autodiff of the two layers makes
+    several (1.4-1.9x faster on its own on GoogLeNet's shapes at batch 32).
+
 `CPU_COMPILER_OPTIONS` are per-compilation XLA options for the CPU backend: they
 keep convolutions off the YNNPACK library (whose convolution weight gradients
 are up to 6x slower here than XLA's own Eigen kernels: 978 vs 162 ms for a 3x3,
@@ -180,3 +185,59 @@ def _max_pool_bwd(window: int, stride: int, padding: Padding, residuals: tuple[A
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def batch_norm_relu(x: Array, scale: Array, bias: Array, epsilon: float
+                    ) -> tuple[Array, Array, Array]:
+  """ReLU of training-mode BatchNorm over all axes but the last: (output, mean, variance).
+
+  The batch statistics are float32 whatever `x`'s dtype, the variance
+  E[x²] - E[x]² clipped at 0, as `flax.linen.BatchNorm` computes them (its
+  default fast variance); the output has `x`'s dtype. The gradient with respect
+  to `x`, `scale` and `bias` counts the paths through the mean and the variance
+  and is `jax.grad`'s of the same formula (where the variance is not clipped).
+  """
+  return _batch_norm_relu(x, scale, bias, epsilon)
+
+
+def _batch_statistics(x: Array) -> tuple[Array, Array]:
+  axes = tuple(range(x.ndim - 1))
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axes)
+  return mean, jnp.maximum(0.0, jnp.mean(jnp.square(x), axes) - jnp.square(mean))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm_relu(x: Array, scale: Array, bias: Array, epsilon: float
+                     ) -> tuple[Array, Array, Array]:
+  return _batch_norm_relu_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_relu_fwd(x: Array, scale: Array, bias: Array, epsilon: float
+                         ) -> tuple[tuple[Array, Array, Array], tuple[Array, ...]]:
+  mean, var = _batch_statistics(x)
+  inverse = lax.rsqrt(var + epsilon)
+  y = jnp.maximum(0.0, (x - mean) * (inverse * scale) + bias).astype(x.dtype)
+  return (y, mean, var), (x, scale, bias, mean, inverse)
+
+
+def _batch_norm_relu_bwd(epsilon: float, residuals: tuple[Array, ...],
+                         grads: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+  """With x̂ = (x - mean)/σ, g = dy where the output is positive, m the rows:
+  dbias = Σg, dscale = Σ g·x̂, dx = scale/σ · (g - dbias/m - x̂·dscale/m)
+  + dmean/m + dvar·2(x - mean)/m (the statistics' own cotangents)."""
+  del epsilon  # in `inverse`
+  x, scale, bias, mean, inverse = residuals
+  dy, dmean, dvar = grads
+  axes = tuple(range(x.ndim - 1))
+  rows = x.size // x.shape[-1]
+  normalized = (x.astype(jnp.float32) - mean) * inverse
+  g = jnp.where(normalized * scale + bias > 0, dy.astype(jnp.float32), 0.0)
+  dbias = jnp.sum(g, axes)
+  dscale = jnp.sum(g * normalized, axes)
+  dx = ((scale * inverse) * (g - (dbias + normalized * dscale) / rows)
+        + (dmean + 2.0 * dvar * normalized / inverse) / rows)
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+_batch_norm_relu.defvjp(_batch_norm_relu_fwd, _batch_norm_relu_bwd)

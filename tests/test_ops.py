@@ -95,6 +95,51 @@ def _assert_conv_matches_xla(fn, key, shape, kernel_size, stride, pad):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
+def _flax_batch_norm_relu(x, scale, bias):
+  """(ReLU of nn.BatchNorm, batch mean, batch variance): momentum 0 puts the batch's in batch_stats."""
+  y, state = nn.BatchNorm(momentum=0.0, epsilon=1e-3).apply(
+      {'params': {'scale': scale, 'bias': bias},
+       'batch_stats': {'mean': jnp.zeros_like(scale), 'var': jnp.ones_like(scale)}},
+      x, use_running_average=False, mutable=['batch_stats'])
+  return nn.relu(y), state['batch_stats']['mean'], state['batch_stats']['var']
+
+
+def test_batch_norm_relu_equals_flax_with_the_same_gradients():
+  keys = jax.random.split(jax.random.key(5), 6)
+  x = 2.0 + jax.random.normal(keys[0], (4, 5, 6, 3))
+  scale = 1.0 + 0.3 * jax.random.normal(keys[1], (3,))
+  bias = 0.5 * jax.random.normal(keys[2], (3,))
+  weights = [jax.random.normal(k, s) for k, s in zip(keys[3:], (x.shape, (3,), (3,)))]
+
+  def loss(fn, *args):  # every output counts, the statistics too
+    return sum(jnp.sum(out * w) for out, w in zip(fn(*args), weights))
+
+  got = ops.batch_norm_relu(x, scale, bias, 1e-3)
+  want = _flax_batch_norm_relu(x, scale, bias)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, **TOL)
+  assert 0.2 < float(jnp.mean(got[0] == 0)) < 0.8  # the ReLU cuts a real share
+  got_grads = jax.grad(lambda *a: loss(lambda *b: ops.batch_norm_relu(*b, 1e-3), *a),
+                       argnums=(0, 1, 2))(x, scale, bias)
+  want_grads = jax.grad(lambda *a: loss(_flax_batch_norm_relu, *a), argnums=(0, 1, 2))(
+      x, scale, bias)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_relu_keeps_bfloat16_activations_and_float32_statistics():
+  x = jax.random.normal(jax.random.key(6), (4, 5, 6, 3))
+  scale, bias = jnp.full((3,), 1.5), jnp.full((3,), 0.1)
+  want = ops.batch_norm_relu(x, scale, bias, 1e-3)
+  got = ops.batch_norm_relu(x.astype(jnp.bfloat16), scale, bias, 1e-3)
+  assert [a.dtype for a in got] == [jnp.bfloat16, jnp.float32, jnp.float32]
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=2e-2, atol=2e-2)
+  dx = jax.grad(lambda v: jnp.sum(ops.batch_norm_relu(v, scale, bias, 1e-3)[0]))(
+      x.astype(jnp.bfloat16))
+  assert dx.dtype == jnp.bfloat16
+
+
 def test_unknown_ops_is_refused():
   model = models.create_model('googlenet_tiny', ops='cuda')
   with pytest.raises(ValueError, match="'xla'"):
