@@ -181,7 +181,7 @@ class GoogLeNet(nn.Module):
     width: multiplies every channel count (1.0 = paper; < 1 for tests).
     dtype: compute dtype; parameters are always float32, logits float32.
     init_scheme: 'caffe', 'he' or 'torchvision' (see the module docstring).
-    ops: 'xla' (XLA's convolutions and pools) or 'fast' (`inception_jax.ops`:
+    ops: 'xla' (XLA's convolutions and pools, flax's BatchNorm) or 'fast' (`inception_jax.ops`:
       the same results from faster formulations; same parameters).
   """
   num_classes: int = 1000
