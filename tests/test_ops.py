@@ -140,6 +140,27 @@ def test_batch_norm_relu_keeps_bfloat16_activations_and_float32_statistics():
   assert dx.dtype == jnp.bfloat16
 
 
+def test_batch_norm_relu_layer_trains_and_evaluates_like_flax_batch_norm():
+  x = 1.0 + jax.random.normal(jax.random.key(8), (4, 5, 6, 3))
+  fused = layers.BatchNormReLU(momentum=0.9, epsilon=1e-3)
+  plain = nn.BatchNorm(momentum=0.9, epsilon=1e-3)
+  variables = plain.init(jax.random.key(0), x, use_running_average=False)
+  params = {'scale': jnp.array([0.5, 1.0, 2.0]), 'bias': jnp.array([0.1, -0.2, 0.3])}
+  variables = {'params': params, 'batch_stats': variables['batch_stats']}
+  assert (jax.tree.map(jnp.shape, fused.init(jax.random.key(0), x, use_running_average=False))
+          == jax.tree.map(jnp.shape, variables))
+  got, got_stats = fused.apply(variables, x, use_running_average=False, mutable=['batch_stats'])
+  want, want_stats = plain.apply(variables, x, use_running_average=False,
+                                 mutable=['batch_stats'])
+  np.testing.assert_allclose(got, nn.relu(want), **TOL)
+  for g, w in zip(jax.tree.leaves(got_stats), jax.tree.leaves(want_stats)):
+    np.testing.assert_allclose(g, w, **TOL)
+  assert not np.allclose(got_stats['batch_stats']['mean'], 0.0)  # the running mean moved
+  trained = {**variables, **want_stats}
+  np.testing.assert_allclose(fused.apply(trained, x, use_running_average=True),
+                             nn.relu(plain.apply(trained, x, use_running_average=True)), **TOL)
+
+
 def test_unknown_ops_is_refused():
   model = models.create_model('googlenet_tiny', ops='cuda')
   with pytest.raises(ValueError, match="'xla'"):
