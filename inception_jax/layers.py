@@ -212,11 +212,10 @@ class ConvReLU(nn.Module):
 
   def activate(self, y: Array, train: bool) -> Array:
     """BatchNorm (if on) and ReLU of the convolution's output `y`."""
-    if self.batch_norm and self.ops == 'fast':
-      return self.bn(y, use_running_average=not train)
-    if self.batch_norm:
-      y = self.bn(y, use_running_average=not train)
-    return nn.relu(y)
+    if not self.batch_norm:
+      return nn.relu(y)
+    y = self.bn(y, use_running_average=not train)
+    return y if isinstance(self.bn, BatchNormReLU) else nn.relu(y)
 
 
 def pointwise_conv_relus(convs: Sequence[ConvReLU], x: Array, train: bool) -> list[Array]:

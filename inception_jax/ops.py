@@ -231,12 +231,13 @@ def _batch_norm_relu_bwd(epsilon: float, residuals: tuple[Array, ...],
   dy, dmean, dvar = grads
   axes = tuple(range(x.ndim - 1))
   rows = x.size // x.shape[-1]
-  normalized = (x.astype(jnp.float32) - mean) * inverse
+  centered = x.astype(jnp.float32) - mean
+  normalized = centered * inverse
   g = jnp.where(normalized * scale + bias > 0, dy.astype(jnp.float32), 0.0)
   dbias = jnp.sum(g, axes)
   dscale = jnp.sum(g * normalized, axes)
   dx = ((scale * inverse) * (g - (dbias + normalized * dscale) / rows)
-        + (dmean + 2.0 * dvar * normalized / inverse) / rows)
+        + (dmean + 2.0 * dvar * centered) / rows)
   return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
 

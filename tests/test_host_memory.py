@@ -81,8 +81,12 @@ print(os.environ.get('GLIBC_TUNABLES'), huge_kb // 1024)
 """
 
 
+def _environment_without_tunables() -> dict[str, str]:
+  return {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+
+
 def _probe(tunables: str | None) -> tuple[str, int]:
-  env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  env = _environment_without_tunables()
   if tunables is not None:
     env['GLIBC_TUNABLES'] = tunables
   out = subprocess.run([sys.executable, '-c', _PROBE], env=env, capture_output=True,
@@ -104,7 +108,7 @@ def test_the_train_command_runs_with_huge_pages(tmp_path):
   config = tmp_path / 'report_tunables.py'
   config.write_text('import os\n\n\ndef get_config():\n'
                     "  raise SystemExit('tunables ' + os.environ.get('GLIBC_TUNABLES', ''))\n")
-  env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
   run = subprocess.run([sys.executable, '-m', 'inception_jax', 'train', '--config', str(config)],
-                       env=env, capture_output=True, text=True, timeout=120, check=False)
+                       env=_environment_without_tunables(), capture_output=True, text=True,
+                       timeout=120, check=False)
   assert f'tunables {_HUGE}' in run.stderr, run.stderr
