@@ -27,6 +27,7 @@ def _plain_pool(window, stride, padding):
     ((2, 8, 8, 4), 3, 2),
     ((1, 5, 6, 2), 2, 2),  # torchvision's 2x2 pool before 5a
     ((2, 6, 5, 3), 3, 1),  # the inception blocks' 3x3/1, pad 1
+    ((1, 13, 12, 2), 12, 1),  # 144 window cells: offsets wider than a byte
 ])
 @pytest.mark.parametrize('ties', [False, True])
 def test_max_pool_matches_xla_and_its_gradient(shape, window, stride, ties):
