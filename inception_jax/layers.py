@@ -41,7 +41,7 @@ def ceil_pool_padding(size: int, window: int, stride: int, pad: int) -> tuple[in
 class MaxPool(nn.Module):
   """Max pooling with Caffe's ceil-mode output size (224 → 112 → 56 → 28 → 14 → 7).
 
-  `ops='fast'` computes the same with `ops.max_pool` (mask-based gradient).
+  `ops='fast'` computes the same with `ops.max_pool` (gradient routed by stored window offsets).
   """
   window: int = 3
   stride: int = 2
