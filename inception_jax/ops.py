@@ -10,9 +10,10 @@ rounding) and runs unchanged on every backend; only the formulation differs:
     (`layers.pointwise_conv_relus`). A kernel larger than its input (the last
     blocks on small images) is a matrix product of gathered patches
     (`patches_conv2d`). Other convolutions are XLA's.
-  * `max_pool`: the maxima are taken along rows, then columns; the forward pass
-    also stores, per output, which cell of its window holds the maximum (one
-    byte), and the gradient is routed by those offsets instead of XLA's
+  * `max_pool`: for inference the maxima are taken along rows, then columns; the
+    training forward pass takes them in one pass over the window cells and also
+    stores, per output, which cell of its window holds the maximum (one byte),
+    and the gradient is routed by those offsets instead of XLA's
     `select_and_scatter`, which is several times slower on CPU. Ties send the
     gradient to the first maximum of the window in row-major order, as
     `select_and_scatter` does, so the gradient is the same as `jax.grad`'s.
@@ -154,16 +155,16 @@ def _max_and_offsets(x: Array, window: int, stride: int, padding: Padding
                      ) -> tuple[Array, Array]:
   """The window maxima and, per output, the row-major offset i * window + j of the
   first window cell holding the maximum, the cell `select_and_scatter` picks
-  (window² where no cell is above -inf). One pass over the window cells (faster than
+  (the first cell where all are -inf, padding included). One pass over the window cells (faster than
   `_reduce_max` and a second pass for the offsets: 104 vs 130 ms summed over
   GoogLeNet's pools at batch 32)."""
   padded = _pad_cells(x, padding, -jnp.inf)
   batch, height, width, channels = padded.shape
   out_hw = ((height - window) // stride + 1, (width - window) // stride + 1)
   dtype = _offset_dtype(window)
-  y = jnp.full((batch, *out_hw, channels), -jnp.inf, x.dtype)
-  offsets = jnp.full(y.shape, window * window, dtype)
-  for k in range(window * window):
+  y = _window_cells(padded, 0, 0, out_hw, stride)
+  offsets = jnp.zeros(y.shape, dtype)
+  for k in range(1, window * window):
     cells = _window_cells(padded, *divmod(k, window), out_hw, stride)
     offsets = jnp.where(cells > y, jnp.asarray(k, dtype), offsets)
     y = jnp.maximum(y, cells)

@@ -48,6 +48,14 @@ def test_max_pool_ties_go_to_the_first_maximum():
   np.testing.assert_array_equal(grad[0, :, :, 0], [[1, 0], [0, 0]])
 
 
+def test_max_pool_windows_of_minus_infinity_route_like_xla():
+  x = jnp.full((1, 4, 4, 1), -jnp.inf).at[0, 3, 3, 0].set(1.0)
+  padding = ((0, 0), (0, 0))
+  _, (want,) = _values_and_grads(_plain_pool(2, 2, padding), x)
+  _, (got,) = _values_and_grads(lambda v: ops.max_pool(v, 2, 2, padding), x)
+  np.testing.assert_array_equal(got, want)
+
+
 def test_max_pool_bfloat16_gradient_matches_xla():
   padding = ((0, 1), (0, 1))
   x = jax.random.normal(jax.random.key(1), (2, 9, 9, 4), jnp.bfloat16)
