@@ -314,7 +314,9 @@ def format_markdown(report: dict[str, Any]) -> str:
   """
   lines = [f"GoogLeNet benchmark, {report['date']}, {report['device']}, "
            f"{report['threads']} threads, jax {report['jax']}"
-           + (f", torch {report['torch']}" if report.get('torch') else '') + '. Matmul '
+           + (f", torch {report['torch']}" if report.get('torch') else '')
+           + (f", GLIBC_TUNABLES={report['glibc_tunables']}" if report.get('glibc_tunables')
+              else '') + '. Matmul '
            f"ceiling ({MATMUL_SIZE}² jnp.dot): " + ', '.join(
                f'{d} {g:.0f} GFLOP/s' for d, g in report['ceilings'].items()) + '.', '',
            '| case | impl | images/s median (min–max) | ms/batch | compile s | GFLOP/s '
@@ -373,7 +375,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   report = dict(date=datetime.date.today().isoformat(),
                 device=cpu_model() if device.platform == 'cpu' else device.device_kind,
                 platform=device.platform, threads=threads(), jax=jax.__version__,
-                torch=torch.__version__ if torch_modes else None, ceilings=ceilings,
+                torch=torch.__version__ if torch_modes else None,
+                glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''), ceilings=ceilings,
                 results=results, ratios=ratio_rows(results))
   output = pathlib.Path(args.output)
   output.parent.mkdir(parents=True, exist_ok=True)

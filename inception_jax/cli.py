@@ -122,9 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
   """Parses `argv` (default: sys.argv[1:]) and runs the chosen command."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow feeds data, quietly
-  if argv is None and sys.argv[1:2] == ['train']:
+  if argv is None and sys.argv[1:2] in (['train'], ['benchmark']):
     # The process runs this command line alone: start it again with huge pages
-    # for XLA's per-step buffers (glibc reads the setting only at start-up).
+    # for XLA's per-step buffers (glibc reads the setting only at start-up). The
+    # benchmark runs as the trainer does, its torch peers under the same setting.
     host_memory.restart_with_huge_pages()
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv[:1] == ['benchmark'] and importlib.util.find_spec('torchvision') is not None:
