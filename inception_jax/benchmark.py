@@ -11,7 +11,8 @@ Per implementation: images/s (median and min–max over rounds), compile time
 (XLA compile; torch: the first call), achieved GFLOP/s from the model's own
 multiply-add count (inference 2·MACs per image, training 6·MACs with the aux
 heads), and that as a fraction of a large matmul measured in the same run in the
-case's dtype. With `--startup`, each implementation of each case also runs once
+case's dtype; with `--peak-tflops`, also as a fraction of the device's peak (MFU).
+torch runs on the device JAX uses (CPU, or CUDA beside a GPU). With `--startup`, each implementation of each case also runs once
 more in a fresh process of its own, which gives its peak resident memory (the
 process's maximum, compilation included, nothing else loaded) and its start-up
 time: from launching Python to the first step's result (imports, parameter
@@ -81,6 +82,22 @@ def parse_cases(spec: str, model_names: Sequence[str], dtypes: Sequence[str]) ->
       for dtype in dtypes:
         cases.append(Case(model, parts[0], int(parts[1]), int(parts[2]), dtype))
   return cases
+
+
+def parse_peaks(spec: str | None) -> dict[str, float]:
+  """Peak TFLOP/s per dtype from 'dtype=TFLOPS,...' (e.g. 'bfloat16=989,float32=495')."""
+  peaks = {}
+  for item in filter(None, (spec or '').split(',')):
+    dtype, _, value = item.strip().partition('=')
+    try:
+      peak = float(value)
+    except ValueError:
+      peak = 0.0
+    if dtype not in models.DTYPES or not peak > 0:
+      raise ValueError(f'bad --peak-tflops entry {item!r}: write dtype=TFLOPS with dtype one '
+                       f'of {sorted(models.DTYPES)} and a positive number, e.g. bfloat16=989.')
+    peaks[dtype] = peak
+  return peaks
 
 
 def cpu_model() -> str:
@@ -174,23 +191,43 @@ def _import_torch() -> tuple[Any, Any]:
   return torch, torchvision
 
 
+def torch_device(platform: str, cuda_available: bool) -> str:
+  """The torch device that runs beside JAX's `platform`: 'cpu' beside CPU, 'cuda' beside GPU.
+
+  Raises:
+    SystemExit: beside a GPU without CUDA in torch, or beside any other platform
+      (TPU), where no torch peer runs on the same device.
+  """
+  if platform == 'cpu':
+    return 'cpu'
+  if platform == 'gpu' and cuda_available:
+    return 'cuda'
+  raise SystemExit(f'--compare torchvision runs torch on the device JAX uses ({platform}), '
+                   'and torch cannot use it here: install a CUDA build of torch beside a GPU, '
+                   'or run the comparison without --compare on this platform.')
+
+
 def torch_runner(case: Case, mode: str) -> Runner:
-  """torchvision's googlenet for `case`, channels_last, eager or torch.compile'd."""
+  """torchvision's googlenet for `case`, channels_last, eager or torch.compile'd, on the
+  device JAX uses (`torch_device`); each run waits for the device to finish."""
   torch, torchvision = _import_torch()
+  device = torch_device(jax.default_backend(), torch.cuda.is_available())
   torch.set_num_threads(threads())
   net = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
-  net = net.to(memory_format=torch.channels_last)
+  net = net.to(device, memory_format=torch.channels_last)
   module = torch.compile(net) if mode == 'compile' else net
-  images = torch.randn(case.batch, 3, case.size, case.size).contiguous(
+  images = torch.randn(case.batch, 3, case.size, case.size, device=device).contiguous(
       memory_format=torch.channels_last)
-  labels = torch.arange(case.batch) % 1000
-  autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=case.dtype == 'bfloat16')
+  labels = torch.arange(case.batch, device=device) % 1000
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=case.dtype == 'bfloat16')
+  synchronize = torch.cuda.synchronize if device == 'cuda' else lambda: None
   if case.kind == 'infer':
     net.eval()
 
     def run() -> None:
       with torch.inference_mode(), autocast:
         module(images)
+      synchronize()
   else:
     net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
@@ -204,6 +241,7 @@ def torch_runner(case: Case, mode: str) -> Runner:
             loss_fn(out.aux_logits1, labels) + loss_fn(out.aux_logits2, labels))
       loss.backward()
       optimizer.step()
+      synchronize()
   start = time.perf_counter()
   run()
   return Runner(f'torch {mode}', run, time.perf_counter() - start)
@@ -279,8 +317,13 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB (Linux)
 
 
-def case_rows(case: Case, runners: Sequence[Runner], ceiling: float) -> list[dict[str, Any]]:
-  """One result dict per runner of `case` (start-up and memory are added by `--startup`)."""
+def case_rows(case: Case, runners: Sequence[Runner], ceiling: float,
+              peak_tflops: float | None = None) -> list[dict[str, Any]]:
+  """One result dict per runner of `case` (start-up and memory are added by `--startup`).
+
+  With `peak_tflops` (the device's peak for the case's dtype) each row also has
+  'mfu': achieved FLOP/s over that peak.
+  """
   flops = flops_per_image(case)
   rows = []
   for runner in runners:
@@ -292,6 +335,8 @@ def case_rows(case: Case, runners: Sequence[Runner], ceiling: float) -> list[dic
                      images_per_s_max=rates[-1], ms_per_batch=1e3 * case.batch / median,
                      compile_s=runner.compile_s, gflops=gflops, ceiling_gflops=ceiling,
                      fraction_of_ceiling=gflops / ceiling))
+    if peak_tflops:
+      rows[-1].update(peak_tflops=peak_tflops, mfu=gflops / (1e3 * peak_tflops))
   return rows
 
 
@@ -318,15 +363,19 @@ def format_markdown(report: dict[str, Any]) -> str:
            + (f", GLIBC_TUNABLES={report['glibc_tunables']}" if report.get('glibc_tunables')
               else '') + '. Matmul '
            f"ceiling ({MATMUL_SIZE}² jnp.dot): " + ', '.join(
-               f'{d} {g:.0f} GFLOP/s' for d, g in report['ceilings'].items()) + '.', '',
+               f'{d} {g:.0f} GFLOP/s' for d, g in report['ceilings'].items()) + '.'
+           + (' MFU against the peak given by --peak-tflops: ' + ', '.join(
+               f'{d} {t:g} TFLOP/s' for d, t in report['peak_tflops'].items()) + '.'
+              if report.get('peak_tflops') else ''), '',
            '| case | impl | images/s median (min–max) | ms/batch | compile s | GFLOP/s '
-           '| of ceiling | start-up s | peak RSS MB |',
-           '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+           '| of ceiling | MFU | start-up s | peak RSS MB |',
+           '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
   for r in report['results']:
     lines.append(f"| {r['case']} | {r['impl']} | {r['images_per_s']:.1f} "
                  f"({r['images_per_s_min']:.1f}–{r['images_per_s_max']:.1f}) | "
                  f"{r['ms_per_batch']:.0f} | {r['compile_s']:.1f} | {r['gflops']:.0f} | "
-                 f"{r['fraction_of_ceiling']:.2f} | {_optional(r, 'startup_s', '.1f')} | "
+                 f"{r['fraction_of_ceiling']:.2f} | {_optional(r, 'mfu', '.2f')} | "
+                 f"{_optional(r, 'startup_s', '.1f')} | "
                  f"{_optional(r, 'peak_rss_mb', '.0f')} |")
   if report['ratios']:
     lines += ['', 'Throughput ratio JAX / torch (interleaved in one process; > 1: JAX faster):',
@@ -352,6 +401,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     raise ValueError(f"unknown --torch-modes {unknown}: use 'eager' and/or 'compile'.")
   if torch_modes:
     torch, _ = _import_torch()
+  peaks = parse_peaks(args.peak_tflops)
   compiler_options = models.INIT_COMPILER_OPTIONS if args.fast_compile else None
   ceilings = {d: matmul_gflops(d) for d in dict.fromkeys(c.dtype for c in cases)}
   results = []
@@ -362,7 +412,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
       impls += [f'torch {mode}' for mode in torch_modes]
     runners = [make_runner(case, impl, compiler_options) for impl in impls]
     time_interleaved(runners, args.repeats, args.warmup)
-    rows = case_rows(case, runners, ceilings[case.dtype])
+    rows = case_rows(case, runners, ceilings[case.dtype], peaks.get(case.dtype))
     del runners  # free their memory before the fresh-process runs
     for r in rows:
       if args.startup:
@@ -377,6 +427,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 platform=device.platform, threads=threads(), jax=jax.__version__,
                 torch=torch.__version__ if torch_modes else None,
                 glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''), ceilings=ceilings,
+                peak_tflops=peaks,
                 results=results, ratios=ratio_rows(results))
   output = pathlib.Path(args.output)
   output.parent.mkdir(parents=True, exist_ok=True)
@@ -405,6 +456,10 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
                  help='also time torchvision.models.googlenet, interleaved')
   p.add_argument('--torch-modes', default='eager,compile',
                  help="torch implementations: 'eager' and/or 'compile' (both channels_last)")
+  p.add_argument('--peak-tflops', default=None,
+                 help="the device's dense peak TFLOP/s per dtype from its spec sheet, "
+                 "'dtype=TFLOPS,...' (e.g. bfloat16=989 for an H100 SXM); rows of those "
+                 'dtypes then also give MFU, the achieved FLOP/s over that peak')
   p.add_argument('--repeats', type=int, default=5, help='timed rounds per case')
   p.add_argument('--warmup', type=int, default=1, help='untimed runs after compiling')
   p.add_argument('--startup', action='store_true',

@@ -25,16 +25,18 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def test_benchmark_writes_markdown_and_json(tmp_path):
   args = _parse(['--models', 'googlenet_bn_tiny', '--cases', 'infer:2:32,train:2:32',
                  '--dtypes', 'float32', '--repeats', '2', '--fast-compile',
-                 '--output', str(tmp_path / 'bench')])
+                 '--peak-tflops', 'float32=0.5', '--output', str(tmp_path / 'bench')])
   report = args.run(args)
   assert [(r['kind'], r['impl']) for r in report['results']] == [
       ('infer', 'jax xla'), ('infer', 'jax fast'), ('train', 'jax xla'), ('train', 'jax fast')]
   for row in report['results']:
     assert row['images_per_s'] > 0 and row['gflops'] > 0 and 'peak_rss_mb' not in row
+    assert row['mfu'] == pytest.approx(row['gflops'] / 500)  # GFLOP/s over 0.5 TFLOP/s
   assert json.loads((tmp_path / 'bench.json').read_text())['results'] == report['results']
   markdown = (tmp_path / 'bench.md').read_text()
   assert '| googlenet_bn_tiny train b2 32px float32 | jax fast |' in markdown
   assert markdown.count('| - | - |') == 4  # start-up and memory only with --startup
+  assert 'MFU against the peak given by --peak-tflops: float32 0.5 TFLOP/s.' in markdown
 
 
 def test_fresh_process_probe_reports_startup_and_peak_memory():
@@ -54,6 +56,23 @@ def test_fresh_process_failure_shows_the_childs_error():
   case = benchmark.Case('no_such_model', 'train', 2, 32, 'float32')
   with pytest.raises(RuntimeError, match='unknown model'):
     benchmark.probe_in_fresh_process(case, 'jax fast', fast_compile=True)
+
+
+def test_peaks_are_read_per_dtype():
+  assert benchmark.parse_peaks('bfloat16=989,float32=494.7') == {'bfloat16': 989.0,
+                                                                 'float32': 494.7}
+  assert benchmark.parse_peaks(None) == {}
+  for bad in ['bf16=989', 'float32', 'float32=fast', 'float32=0', 'float32=-5']:
+    with pytest.raises(ValueError, match='dtype=TFLOPS'):
+      benchmark.parse_peaks(bad)
+
+
+def test_torch_runs_on_the_device_jax_uses():
+  assert benchmark.torch_device('cpu', cuda_available=True) == 'cpu'
+  assert benchmark.torch_device('gpu', cuda_available=True) == 'cuda'
+  for platform, cuda in [('gpu', False), ('tpu', False), ('tpu', True)]:
+    with pytest.raises(SystemExit, match=platform):
+      benchmark.torch_device(platform, cuda)
 
 
 def test_bad_case_says_how_to_write_one():
