@@ -12,11 +12,11 @@ Per implementation: images/s (median and min–max over rounds), compile time
 multiply-add count (inference 2·MACs per image, training 6·MACs with the aux
 heads), and that as a fraction of a large matmul measured in the same run in the
 case's dtype; with `--peak-tflops`, also as a fraction of the device's peak (MFU).
-torch runs on the device JAX uses (CPU, or CUDA beside a GPU). With `--startup`, each implementation of each case also runs once
-more in a fresh process of its own, which gives its peak resident memory (the
-process's maximum, compilation included, nothing else loaded) and its start-up
-time: from launching Python to the first step's result (imports, parameter
-initialization, compilation, one step).
+torch runs on the device JAX uses (CPU, or CUDA beside a GPU). With `--startup`,
+each implementation of each case also runs once more in a fresh process of its
+own, which gives its peak resident memory (the process's maximum, compilation
+included, nothing else loaded) and its start-up time: from launching Python to
+the first step's result (imports, parameter initialization, compilation, one step).
 """
 
 import argparse
@@ -399,9 +399,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   unknown = sorted(set(torch_modes) - {'eager', 'compile'})
   if unknown:
     raise ValueError(f"unknown --torch-modes {unknown}: use 'eager' and/or 'compile'.")
+  peaks = parse_peaks(args.peak_tflops)
   if torch_modes:
     torch, _ = _import_torch()
-  peaks = parse_peaks(args.peak_tflops)
   compiler_options = models.INIT_COMPILER_OPTIONS if args.fast_compile else None
   ceilings = {d: matmul_gflops(d) for d in dict.fromkeys(c.dtype for c in cases)}
   results = []
