@@ -94,14 +94,10 @@ def patches_conv2d(x: Array, kernel: Array, stride: int = 1,
   8-18x slower than this product (forward, batch 128, measured on 2 cores).
   """
   kh, kw, cin, cout = kernel.shape
-  (top, bottom), (left, right) = padding
-  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  batch, height, width, _ = padded.shape
-  out_h, out_w = (height - kh) // stride + 1, (width - kw) // stride + 1
-  taps = [lax.slice(padded, (0, i, j, 0),
-                    (batch, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, cin),
-                    (1, stride, stride, 1))
-          for i in range(kh) for j in range(kw)]
+  padded = _pad_cells(x, padding, 0)
+  _, height, width, _ = padded.shape
+  out_hw = ((height - kh) // stride + 1, (width - kw) // stride + 1)
+  taps = [_window_cells(padded, i, j, out_hw, stride) for i in range(kh) for j in range(kw)]
   return pointwise(jnp.concatenate(taps, axis=-1), kernel.reshape(kh * kw * cin, cout))
 
 
@@ -155,9 +151,9 @@ def _max_and_offsets(x: Array, window: int, stride: int, padding: Padding
                      ) -> tuple[Array, Array]:
   """The window maxima and, per output, the row-major offset i * window + j of the
   first window cell holding the maximum, the cell `select_and_scatter` picks
-  (the first cell where all are -inf, padding included). One pass over the window cells (faster than
-  `_reduce_max` and a second pass for the offsets: 104 vs 130 ms summed over
-  GoogLeNet's pools at batch 32)."""
+  (the first cell where all are -inf, padding included). One pass over the window
+  cells (faster than `_reduce_max` and a second pass for the offsets: 104 vs 130 ms
+  summed over GoogLeNet's pools at batch 32)."""
   padded = _pad_cells(x, padding, -jnp.inf)
   batch, height, width, channels = padded.shape
   out_hw = ((height - window) // stride + 1, (width - window) // stride + 1)
