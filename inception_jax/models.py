@@ -317,8 +317,9 @@ def extract_features(model: GoogLeNet, variables: Any, images: Array) -> dict[st
 # Initialization runs once and is dominated by compiling ~200 random draws:
 # XLA's backend optimizations triple its compile time for no run-time gain, and
 # on CPU the older loop emitters compile its ~900 small kernels faster than the
-# MLIR fusion emitters (googlenet_bn's state: 6.5-6.8 s against 9.0-10.0 s on 2
-# cores, the same run time). Other backends ignore the CPU option.
+# MLIR fusion emitters (googlenet_bn's initializer: 6.5-6.8 s against 9.0-10.0 s
+# on 2 cores, the same run time). XLA's options are one set for all backends: GPUs
+# and TPUs accept the CPU one (as the CPU accepts GPU ones) and do not use it.
 INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0,
                          'xla_llvm_disable_expensive_passes': True,
                          'xla_cpu_use_fusion_emitters': False}
