@@ -4,8 +4,9 @@ Cases are inference (eval mode, no aux heads) and full training steps (forward
 with aux heads, loss, backward, optimizer update). Within a case every
 implementation (JAX with each kernel set, torchvision eager and torch.compile)
 is warmed up, then timed in interleaved rounds — one timed run of each per
-round, the order rotating — so that drift on a shared machine hits all of them
-alike; compare the ratios, not absolute times across runs.
+round, the order rotating, each right after an untimed one of its own (see
+`time_interleaved`) — so that drift on a shared machine hits all of them alike;
+compare the ratios, not absolute times across runs.
 
 Per implementation: images/s (median and min–max over rounds), compile time
 (XLA compile; torch: the first call), achieved GFLOP/s from the model's own
@@ -247,14 +248,26 @@ def torch_runner(case: Case, mode: str) -> Runner:
   return Runner(f'torch {mode}', run, time.perf_counter() - start)
 
 
-def time_interleaved(runners: Sequence[Runner], repeats: int, warmup: int) -> None:
-  """Warms each runner up, then times one run of each per round, rotating the order."""
+def time_interleaved(runners: Sequence[Runner], repeats: int, warmup: int,
+                     lead_in: int = 1) -> None:
+  """Warms each runner up, then times one run of each per round, rotating the order.
+
+  Each timed run follows `lead_in` untimed runs of the same implementation, so
+  that it starts as a training loop's steps do, right after another one. Without
+  them a step pays for the others' having run in between: on virtual machines
+  that hand idle freed memory back to the host (virtio-balloon free page
+  reporting), XLA's temporaries, freed at the end of each step, are faulted back
+  in from the host; JAX's b32/224 training step took 4.4-4.9 s after 3.5 s idle
+  against 2.9-3.1 s back to back (2 cores, AMD EPYC Zen 3, 2026-11-27).
+  """
   for runner in runners:
     for _ in range(warmup):
       runner.run()
   for round_index in range(repeats):
     shift = round_index % len(runners)
     for runner in [*runners[shift:], *runners[:shift]]:
+      for _ in range(lead_in):
+        runner.run()
       with jax.transfer_guard('disallow'):
         start = time.perf_counter()
         runner.run()
@@ -411,7 +424,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if case.model == TORCH_TOPOLOGY:
       impls += [f'torch {mode}' for mode in torch_modes]
     runners = [make_runner(case, impl, compiler_options) for impl in impls]
-    time_interleaved(runners, args.repeats, args.warmup)
+    time_interleaved(runners, args.repeats, args.warmup, args.lead_in)
     rows = case_rows(case, runners, ceilings[case.dtype], peaks.get(case.dtype))
     del runners  # free their memory before the fresh-process runs
     for r in rows:
@@ -462,6 +475,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
                  'dtypes then also give MFU, the achieved FLOP/s over that peak')
   p.add_argument('--repeats', type=int, default=5, help='timed rounds per case')
   p.add_argument('--warmup', type=int, default=1, help='untimed runs after compiling')
+  p.add_argument('--lead-in', type=int, default=1,
+                 help='untimed runs of the same implementation right before each timed one')
   p.add_argument('--startup', action='store_true',
                  help='also run each implementation in a fresh process for its start-up '
                  'time and peak memory')

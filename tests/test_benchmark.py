@@ -39,6 +39,22 @@ def test_benchmark_writes_markdown_and_json(tmp_path):
   assert 'MFU against the peak given by --peak-tflops: float32 0.5 TFLOP/s.' in markdown
 
 
+def test_each_timed_run_follows_a_lead_in_run_of_its_own_and_rounds_rotate():
+  calls = []
+
+  def runner(name: str) -> benchmark.Runner:
+    return benchmark.Runner(name, lambda: calls.append(name), compile_s=0.0)
+
+  runners = [runner('a'), runner('b')]
+  benchmark.time_interleaved(runners, repeats=2, warmup=1, lead_in=1)
+  # Warm-up a, b; round 0: a a, b b; round 1 (rotated): b b, a a.
+  assert ''.join(calls) == 'ab' + 'aabb' + 'bbaa'
+  assert [len(r.times) for r in runners] == [2, 2]
+  calls.clear()
+  benchmark.time_interleaved(runners, repeats=1, warmup=0, lead_in=0)
+  assert ''.join(calls) == 'ab'
+
+
 def test_fresh_process_probe_reports_startup_and_peak_memory():
   case = benchmark.Case('googlenet_bn_tiny', 'train', 2, 32, 'float32')
   ballast = np.ones(4 * 2**30 // 8)  # 4 GiB resident here, none of it in the child
