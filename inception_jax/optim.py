@@ -196,7 +196,8 @@ def global_norms(*trees: Params) -> tuple[jax.Array, ...]:
   googlenet_bn training step has 1,613 fused kernels instead of 2,644, and the
   SGD update with the three norms of its 118 leaves takes 20-24 ms instead of
   42-47 ms on 2 cores. Summing each leaf's last axis first keeps the rounding
-  of a pairwise sum (a single sequential sum is off by 3e-4 on 2M elements).
+  error as small as optax's (2e-7 from a float64 sum on GoogLeNet's gradients,
+  where a single sequential sum per leaf was 3e-4 off).
   """
   structure = jax.tree.structure(trees[0])
   for tree in trees[1:]:
