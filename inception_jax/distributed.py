@@ -19,6 +19,7 @@ from typing import Mapping
 
 import jax
 import ml_collections
+from orbax.checkpoint import multihost
 
 
 def is_multiprocess(config: ml_collections.ConfigDict,
@@ -46,3 +47,15 @@ def initialize(config: ml_collections.ConfigDict) -> None:
       process_id=config.process_id if config.process_id >= 0 else None,
       initialization_timeout=config.distributed_timeout_seconds,
       heartbeat_timeout_seconds=config.distributed_timeout_seconds)
+
+
+def wait_for_all_processes(name: str, timeout_seconds: int) -> None:
+  """Blocks until every process of the run has called this with `name` (a no-op alone).
+
+  XLA's CPU collectives (gloo) give a peer 30 s to reach the first collective, not
+  configurable: a process that compiles or restores much faster than the others
+  would fail at its first step ("Gloo context initialization failed"). A barrier
+  on the coordination service before the first step, with the run's own timeout,
+  lets the others catch up. `name` must be new to the run.
+  """
+  multihost.sync_global_processes(name, timeout=timeout_seconds)

@@ -169,6 +169,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     checkpointing.save(manager, step, state, meta,
                        eval_top1=None if eval_result is None else eval_result['top1'])
 
+  distributed.wait_for_all_processes(f'ready_at_step_{start_step}',
+                                     config.distributed_timeout_seconds)
   eval_result: dict[str, float] = {}
   window_start, window_steps = time.time(), 0
   with _SigtermFlag() as sigterm:
