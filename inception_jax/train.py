@@ -141,10 +141,11 @@ def train_state_initializer(config: ml_collections.ConfigDict, model: nn.Module,
   """(initialize, abstract_state) for the state `create_train_state` makes.
 
   `abstract_state` is that state as `jax.ShapeDtypeStruct`s with their (replicated)
-  shardings, from `jax.eval_shape` without computing anything: enough to compile
-  the training step or restore a checkpoint before, or instead of, initializing.
-  `initialize()` compiles and runs the initialization with those shardings as
-  `out_shardings`, so no copy of the state is first made on one device. Both
+  shardings, from tracing the initialization once without computing anything:
+  enough to compile the training step or restore a checkpoint before, or instead
+  of, initializing. `initialize()` lowers that same trace, compiles and runs it with
+  the replicated sharding as `out_shardings`, so no copy of the state is first made
+  on one device. Both
   share the optimizer and schedule, so steps compiled for one accept the other.
   Same arguments as `create_train_state`.
   """
@@ -165,13 +166,13 @@ def train_state_initializer(config: ml_collections.ConfigDict, model: nn.Module,
         ema_decay=config.ema_decay)
 
   key = jax.random.key(config.seed)
+  traced = jax.jit(init, out_shardings=replicated(mesh)).trace(key)
   abstract_state = jax.tree.map(
-      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated(mesh)),
-      jax.eval_shape(init, key))
+      lambda aval: jax.ShapeDtypeStruct(aval.shape, aval.dtype, sharding=replicated(mesh)),
+      traced.out_avals)
 
   def initialize() -> TrainState:
-    compiled = jax.jit(init, out_shardings=shardings_of(abstract_state)).lower(key).compile(
-        compiler_options=models.INIT_COMPILER_OPTIONS)
+    compiled = traced.lower().compile(compiler_options=models.INIT_COMPILER_OPTIONS)
     return compiled(key)
 
   return initialize, abstract_state
