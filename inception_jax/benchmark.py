@@ -415,6 +415,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   peaks = parse_peaks(args.peak_tflops)
   if torch_modes:
     torch, _ = _import_torch()
+    torch_device(jax.default_backend(), torch.cuda.is_available())  # before any compile
   compiler_options = models.INIT_COMPILER_OPTIONS if args.fast_compile else None
   ceilings = {d: matmul_gflops(d) for d in dict.fromkeys(c.dtype for c in cases)}
   results = []

@@ -91,6 +91,16 @@ def test_torch_runs_on_the_device_jax_uses():
       benchmark.torch_device(platform, cuda)
 
 
+def test_comparison_beside_a_device_torch_cannot_use_stops_before_compiling(monkeypatch,
+                                                                            tmp_path):
+  monkeypatch.setattr(benchmark.jax, 'default_backend', lambda: 'tpu')
+  monkeypatch.setattr(benchmark, 'make_runner', lambda *a: pytest.fail('compiled a runner'))
+  args = _parse(['--models', 'googlenet_bn_tiny', '--cases', 'infer:2:32', '--dtypes',
+                 'float32', '--compare', 'torchvision', '--output', str(tmp_path / 'bench')])
+  with pytest.raises(SystemExit, match='tpu'):
+    args.run(args)
+
+
 def test_bad_case_says_how_to_write_one():
   with pytest.raises(ValueError, match='kind:batch:size'):
     benchmark.parse_cases('train:32', ['googlenet'], ['float32'])
