@@ -145,9 +145,8 @@ def train_state_initializer(config: ml_collections.ConfigDict, model: nn.Module,
   enough to compile the training step or restore a checkpoint before, or instead
   of, initializing. `initialize()` lowers that same trace, compiles and runs it with
   the replicated sharding as `out_shardings`, so no copy of the state is first made
-  on one device. Both
-  share the optimizer and schedule, so steps compiled for one accept the other.
-  Same arguments as `create_train_state`.
+  on one device. Both share the optimizer and schedule, so steps compiled for one
+  accept the other. Same arguments as `create_train_state`.
   """
   tx = optim.create_optimizer(config, steps_per_epoch, trainable_mask)
   learning_rate_fn = optim.create_learning_rate_schedule(config, steps_per_epoch)
