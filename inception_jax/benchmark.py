@@ -249,7 +249,7 @@ def torch_runner(case: Case, mode: str) -> Runner:
 
 
 def time_interleaved(runners: Sequence[Runner], repeats: int, warmup: int,
-                     lead_in: int = 1) -> None:
+                     lead_in: int) -> None:
   """Warms each runner up, then times one run of each per round, rotating the order.
 
   Each timed run follows `lead_in` untimed runs of the same implementation, so

@@ -165,9 +165,10 @@ def train_state_initializer(config: ml_collections.ConfigDict, model: nn.Module,
         ema_decay=config.ema_decay)
 
   key = jax.random.key(config.seed)
-  traced = jax.jit(init, out_shardings=replicated(mesh)).trace(key)
+  sharding = replicated(mesh)
+  traced = jax.jit(init, out_shardings=sharding).trace(key)
   abstract_state = jax.tree.map(
-      lambda aval: jax.ShapeDtypeStruct(aval.shape, aval.dtype, sharding=replicated(mesh)),
+      lambda aval: jax.ShapeDtypeStruct(aval.shape, aval.dtype, sharding=sharding),
       traced.out_avals)
 
   def initialize() -> TrainState:
