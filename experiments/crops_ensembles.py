@@ -20,8 +20,10 @@ import numpy as np
 
 from experiments import compilation_cache
 from experiments.configs import default
+from inception_jax import config as config_lib
 from inception_jax import evaluation
-from inception_jax import trainer
+from inception_jax import metrics as metrics_lib
+from inception_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,7 +49,7 @@ def ensemble_sizes(models: int) -> list[int]:
 
 def error_row(probs: list[np.ndarray], labels: np.ndarray) -> tuple[float, float]:
   """Top-1 error (%) and mean negative log-likelihood of softmax-averaged `probs`."""
-  metrics = evaluation.classification_metrics(np.mean(probs, axis=0), labels)
+  metrics = metrics_lib.classification_metrics(np.mean(probs, axis=0), labels)
   return 100 * (1 - metrics['top1']), metrics['loss']
 
 
@@ -59,7 +61,7 @@ def table(probs: dict[int, list[np.ndarray]], labels: np.ndarray) -> list[str]:
   lines = ['| models | crops | cost (forward passes / image) | top-1 error | '
            'vs 1 model, 1 crop | NLL |', '|---:|---:|---:|---:|---:|---:|']
   for size in ensemble_sizes(models):
-    for crops in evaluation.CROPS:
+    for crops in config_lib.CROPS:
       if size == 1:
         errors = [e for e, _ in singles[crops]]
         nlls = [n for _, n in singles[crops]]
@@ -76,18 +78,18 @@ def table(probs: dict[int, list[np.ndarray]], labels: np.ndarray) -> list[str]:
 
 def run(models: int, epochs: float, data_dir: str) -> str:
   """Trains the models, evaluates every (crops, model) pair; returns the Markdown report."""
-  probs: dict[int, list[np.ndarray]] = {crops: [] for crops in evaluation.CROPS}
+  probs: dict[int, list[np.ndarray]] = {crops: [] for crops in config_lib.CROPS}
   labels = None
-  accuracies, train_s, eval_s = [], 0.0, {crops: 0.0 for crops in evaluation.CROPS}
+  accuracies, train_s, eval_s = [], 0.0, {crops: 0.0 for crops in config_lib.CROPS}
   with tempfile.TemporaryDirectory() as tmp:
     for seed in range(models):
       config = model_config(seed, epochs, data_dir)
       workdir = pathlib.Path(tmp) / f'seed_{seed}'
       start = time.time()
-      accuracies.append(trainer.train_and_evaluate(config, workdir)['top1'])
+      accuracies.append(train.train_and_evaluate(config, workdir)['top1'])
       train_s += time.time() - start
       loaded = evaluation.load_model(workdir, config)
-      for crops in evaluation.CROPS:
+      for crops in config_lib.CROPS:
         start = time.time()
         member_probs, member_labels = evaluation.predict_split(loaded, config, crops)
         eval_s[crops] += time.time() - start
@@ -101,7 +103,7 @@ def run(models: int, epochs: float, data_dir: str) -> str:
   footer = ['', f'Training: {train_s:.0f} s for {models} models '
             f'(trainer top-1 at 1 crop: {", ".join(f"{100 * a:.2f}" for a in accuracies)} %). '
             'Evaluation of all models: ' + ', '.join(
-                f'{crops} crop(s) {eval_s[crops]:.0f} s' for crops in evaluation.CROPS) + '.']
+                f'{crops} crop(s) {eval_s[crops]:.0f} s' for crops in config_lib.CROPS) + '.']
   return '\n'.join(header + table(probs, labels) + footer)
 
 

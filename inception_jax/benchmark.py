@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from inception_jax import config as config_lib
-from inception_jax import host_memory, models, summary, train
+from inception_jax import host_memory, models, sharding, steps, summary, xla_options
 from inception_jax import ops as ops_lib
 
 DEFAULT_CASES = 'infer:1:224,infer:8:224,infer:32:224,train:32:224,train:128:64'
@@ -147,7 +147,7 @@ def _train_config(case: Case) -> Any:
 def jax_runner(case: Case, ops: str, compiler_options: dict[str, Any] | None) -> Runner:
   """The JAX implementation of `case` with kernel set `ops`, compiled and run once.
 
-  `compiler_options` None: the project's defaults (`ops.default_compiler_options`).
+  `compiler_options` None: the project's defaults (`xla_options.for_model`).
   """
   model = models.create_model(case.model, dtype=case.dtype, ops=ops)
   shape = (case.batch, case.size, case.size, 3)
@@ -156,19 +156,19 @@ def jax_runner(case: Case, ops: str, compiler_options: dict[str, Any] | None) ->
     variables = models.init_variables(model, jax.random.key(0), (1, *shape[1:]))
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False).logits)
     if compiler_options is None:
-      compiler_options = ops_lib.default_compiler_options(jax.default_backend())
+      compiler_options = xla_options.for_model(jax.default_backend())
     start = time.perf_counter()
-    compiled = apply.lower(variables, images).compile(compiler_options)
+    compiled = apply.lower(variables, images).compile(xla_options.supported(compiler_options))
     compile_s = time.perf_counter() - start
 
     def run() -> None:
       compiled(variables, images).block_until_ready()
   else:
     config = _train_config(case)
-    mesh = train.create_mesh(jax.devices()[:1])
-    state, sharding = train.create_train_state(config, model, (1, *shape[1:]), mesh, 1000)
+    mesh = sharding.create_mesh(jax.devices()[:1])
+    state, state_sharding = steps.create_train_state(config, model, (1, *shape[1:]), mesh, 1000)
     batch = {'image': images, 'label': jnp.arange(case.batch, dtype=jnp.int32) % 1000}
-    step = train.make_train_step(config, mesh, sharding, compiler_options)
+    step = steps.make_train_step(config, mesh, state_sharding, compiler_options)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
@@ -306,7 +306,7 @@ def probe_main(spec: str) -> None:
   """The child of `probe_in_fresh_process`: prints one JSON line."""
   spec = json.loads(spec)
   case, impl = Case(**spec['case']), spec['impl']
-  runner = make_runner(case, impl, models.INIT_COMPILER_OPTIONS if spec['fast_compile']
+  runner = make_runner(case, impl, xla_options.FAST_COMPILE if spec['fast_compile']
                        else None)
   first_result_at = time.time()
   for _ in range(2):
@@ -407,7 +407,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   cases = parse_cases(args.cases, args.models.split(','), args.dtypes.split(','))
   ops_sets = args.ops.split(',')
   for ops in ops_sets:
-    ops_lib.check_ops(ops)
+    ops_lib.resolve(ops)
   torch_modes = args.torch_modes.split(',') if args.compare == 'torchvision' else []
   unknown = sorted(set(torch_modes) - {'eager', 'compile'})
   if unknown:
@@ -416,7 +416,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   if torch_modes:
     torch, _ = _import_torch()
     torch_device(jax.default_backend(), torch.cuda.is_available())  # before any compile
-  compiler_options = models.INIT_COMPILER_OPTIONS if args.fast_compile else None
+  compiler_options = xla_options.FAST_COMPILE if args.fast_compile else None
   ceilings = {d: matmul_gflops(d) for d in dict.fromkeys(c.dtype for c in cases)}
   results = []
   for case in cases:

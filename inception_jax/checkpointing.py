@@ -7,10 +7,10 @@ top-1. A damaged newest checkpoint is reported and the previous good one used.
 """
 
 import dataclasses
-import logging
 import pathlib
 from typing import Any
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers

@@ -1,4 +1,10 @@
-"""The command line: `python -m inception_jax <command> [options]`."""
+"""The command line: `python -m inception_jax <command> [options]`.
+
+Output: progress and results are printed to stdout; diagnostics (warnings, what
+was skipped or resumed) go through absl logging to stderr, shown from INFO up.
+Process-wide settings (log levels, huge pages, TensorFlow kept off the GPUs) are
+made here, at the program's start, never when a module is imported.
+"""
 
 import argparse
 import importlib.util
@@ -8,23 +14,27 @@ import pathlib
 import sys
 from typing import Sequence
 
+from absl import logging
+
 from inception_jax import config as config_lib
 from inception_jax import host_memory
+
+DATA_COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert')  # these run TensorFlow
 
 DEFAULT_CONFIG = config_lib.CONFIGS / 'default.py'
 
 
 def _train(args: argparse.Namespace) -> None:
   from inception_jax import compilation_cache  # pylint: disable=import-outside-toplevel
-  from inception_jax import trainer  # pylint: disable=import-outside-toplevel
+  from inception_jax import train  # pylint: disable=import-outside-toplevel
   config = config_lib.load(args.config, args.overrides)
   workdir = args.workdir or str(pathlib.Path('workdirs') / pathlib.Path(args.config).stem)
   print(f'config {args.config}; work directory {pathlib.Path(workdir).absolute()}', flush=True)
   if config.compilation_cache:
     compilation_cache.use_persistent_cache(str(pathlib.Path(workdir) / 'xla_cache'))
   try:
-    trainer.train_and_evaluate(config, workdir)
-  except trainer.Preempted:
+    train.train_and_evaluate(config, workdir)
+  except train.Preempted:
     sys.exit(0)
 
 
@@ -39,9 +49,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-  from inception_jax import evaluation, trainer  # pylint: disable=import-outside-toplevel
+  from inception_jax import evaluation, rundir  # pylint: disable=import-outside-toplevel
   paths = [args.path, *args.ensemble]
-  configs = [config_lib.load(trainer.load_config(evaluation.workdir_of(p)), args.overrides)
+  configs = [config_lib.load(rundir.load_config(rundir.workdir_of(p)), args.overrides)
              for p in paths]
   report = evaluation.evaluate_paths(paths, args.crops, configs)
   print(evaluation.format_report(report))
@@ -56,7 +66,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
       'evaluate', help='top-1/top-5 and loss of a checkpoint (or an ensemble) on the eval split',
       epilog='Config fields of the saved run can be overridden: --config.data_dir=/data.')
   p.add_argument('path', help='a work directory, its checkpoints/ folder or one step folder')
-  p.add_argument('--crops', type=int, default=1, choices=(1, 10, 144),
+  p.add_argument('--crops', type=int, default=1, choices=config_lib.CROPS,
                  help="crops per image, as in the paper's Table 3")
   p.add_argument('--ensemble', nargs='+', default=[], metavar='PATH',
                  help='more models whose softmax outputs are averaged with the first')
@@ -122,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
   """Parses `argv` (default: sys.argv[1:]) and runs the chosen command."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow feeds data, quietly
+  logging.set_verbosity(logging.INFO)
   if argv is None and sys.argv[1:2] in (['train'], ['benchmark']):
     # The process runs this command line alone: start it again with huge pages
     # for XLA's per-step buffers (glibc reads the setting only at start-up). The
@@ -138,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   args.overrides = overrides
   if overrides and not hasattr(args, 'config'):
     raise SystemExit(f'unrecognized arguments: {overrides}')
+  if args.command in DATA_COMMANDS:
+    from inception_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+    input_pipeline.hide_gpus_from_tensorflow()
   try:
     args.run(args)
   except config_lib.ConfigError as e:

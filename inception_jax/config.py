@@ -14,6 +14,7 @@ from ml_collections import config_flags
 from ml_collections.config_dict import placeholder
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'experiments' / 'configs'
+CROPS = (1, 10, 144)  # crops per image at evaluation: centre; corners, centre, mirrors; Table 3's 144
 
 
 class ConfigError(ValueError):
@@ -35,9 +36,9 @@ def get_base_config() -> ml_collections.ConfigDict:
       'naive_blocks': placeholder(bool),
       'dropout_rate': placeholder(float),
       'aux_dropout_rate': placeholder(float),
-      # 'fast' (inception_jax/ops.py: same parameters and results, a training step 1.5-2x
-      # faster on CPU) or 'xla' (XLA's own convolutions and pools, flax's BatchNorm).
-      'ops': 'fast',
+      # 'auto' (the model's default: 'fast' on CPU, 'xla' elsewhere), 'fast'
+      # (inception_jax/ops.py: same parameters and results) or 'xla' (XLA's own kernels).
+      'ops': placeholder(str),
   })
   config.dtype = 'float32'  # compute dtype; parameters stay float32
   config.aux_weight = 0.3  # weight of each auxiliary classifier's loss

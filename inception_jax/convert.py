@@ -33,7 +33,6 @@ import math
 import pathlib
 from typing import Any, Mapping
 
-import flax
 import google.protobuf.message
 import jax
 import jax.numpy as jnp
@@ -45,7 +44,7 @@ from inception_jax import checkpointing
 from inception_jax import config as config_lib
 from inception_jax import input_pipeline
 from inception_jax import models
-from inception_jax import trainer
+from inception_jax import rundir
 
 Variables = dict[str, Any]
 
@@ -87,10 +86,6 @@ def _require_exactly(expected: set[str], found: set[str], what: str, source: str
       [f'unexpected {what} {unexpected}'] if unexpected else [])
   if problems:
     raise ValueError(f"this is not {source}: {'; '.join(problems)}. {hint}")
-
-
-def _nest(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
 
 
 def _torchvision_layers(aux_heads: bool) -> tuple[dict[str, str], dict[str, str]]:
@@ -138,7 +133,7 @@ def convert_torchvision(state_dict: Mapping[str, Any]) -> Variables:
       flattened = weight[f'{prefix.removesuffix(".fc1")}.conv.conv.weight'].shape[0]
     params[f'{path}/kernel'] = _dense_kernel(weight[f'{prefix}.weight'], flattened)
     params[f'{path}/bias'] = weight[f'{prefix}.bias']
-  return {'params': _nest(params), 'batch_stats': _nest(stats)}
+  return {'params': models.from_named_leaves(params), 'batch_stats': models.from_named_leaves(stats)}
 
 
 def torchvision_mean_std(transform_input: bool
@@ -233,7 +228,7 @@ def convert_caffe(caffemodel: bytes) -> Variables:
       flattened = blobs[name.replace('/fc', '/conv')][0].shape[0]
     params[f'{path}/kernel'] = _dense_kernel(weight, flattened)
     params[f'{path}/bias'] = bias
-  return {'params': _nest(params)}
+  return {'params': models.from_named_leaves(params)}
 
 
 def imagenet_class_names(num_classes: int) -> tuple[str, ...]:
@@ -249,8 +244,8 @@ def check_fits(model: models.GoogLeNet, variables: Variables, image_size: int) -
   """Raises ValueError listing every array that `model` lacks, misses or shapes otherwise."""
   expected = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)), train=False))
-  want = {'/'.join(k): v.shape for k, v in flax.traverse_util.flatten_dict(expected).items()}
-  got = {'/'.join(k): np.shape(v) for k, v in flax.traverse_util.flatten_dict(variables).items()}
+  want = {k: v.shape for k, v in models.named_leaves(expected).items()}
+  got = {k: np.shape(v) for k, v in models.named_leaves(variables).items()}
   problems = [f'{k}: missing' for k in sorted(set(want) - set(got))]
   problems += [f'{k}: not in the model' for k in sorted(set(got) - set(want))]
   problems += [f'{k}: model {want[k]}, converted {got[k]}'
@@ -269,14 +264,14 @@ def write_run(directory: str | pathlib.Path, config: ml_collections.ConfigDict,
   directory = pathlib.Path(directory).absolute()
   if (directory / 'checkpoints').exists():
     raise FileExistsError(f'{directory} already holds checkpoints; choose a new directory.')
-  check_fits(trainer.build_model(config, len(class_names)), variables, config.image_size)
+  check_fits(rundir.build_model(config, len(class_names)), variables, config.image_size)
   directory.mkdir(parents=True, exist_ok=True)
-  trainer.save_config(config, directory)
+  rundir.save_config(config, directory)
   info = input_pipeline.DatasetInfo(name=config.dataset, num_classes=len(class_names),
                                     class_names=tuple(class_names), split_sizes={})
   state = {k: v for k, v in variables.items() if v}
   manager = checkpointing.create_manager(directory / 'checkpoints')
-  checkpointing.save(manager, 0, state, trainer.checkpoint_meta(config, info))
+  checkpointing.save(manager, 0, state, rundir.checkpoint_meta(config, info))
   manager.wait_until_finished()
   manager.close()
   return directory

@@ -18,13 +18,12 @@ import numpy as np
 
 from inception_jax import checkpointing
 from inception_jax import input_pipeline
+from inception_jax import metrics
 from inception_jax import models
-from inception_jax import ops
 from inception_jax import preprocessing
-from inception_jax import train
-from inception_jax import trainer
-
-CROPS = (1, 10, 144)
+from inception_jax import rundir
+from inception_jax import sharding
+from inception_jax import xla_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,23 +37,16 @@ class LoadedModel:
   meta: dict[str, Any]
 
 
-def workdir_of(path: str | pathlib.Path) -> pathlib.Path:
-  """The run directory (holding config.json) of a work dir or checkpoint path."""
-  root, _ = checkpointing.find_checkpoint(path)
-  return root.parent
-
-
 def load_model(path: str | pathlib.Path, config: ml_collections.ConfigDict) -> LoadedModel:
   """Rebuilds the model of a checkpoint (work dir, checkpoints/ or a step dir).
 
-  `config` is its run's config (`trainer.load_config(workdir_of(path))`).
+  `config` is its run's config (`rundir.load_config(rundir.workdir_of(path))`).
   """
   restored = checkpointing.load_raw(path)
   state = restored.state
-  variables = {'params': state.get('ema_params') or state['params']}
-  if state.get('batch_stats'):
-    variables['batch_stats'] = state['batch_stats']
-  model = trainer.build_model(config, restored.meta['num_classes'])
+  variables = models.model_variables(state['params'], state.get('batch_stats'),
+                                     state.get('ema_params'))
+  model = rundir.build_model(config, restored.meta['num_classes'])
   return LoadedModel(path=str(path), step=restored.step, model=model, variables=variables,
                      config=config, meta=restored.meta)
 
@@ -62,31 +54,19 @@ def load_model(path: str | pathlib.Path, config: ml_collections.ConfigDict) -> L
 def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops: int
                   ) -> tuple[np.ndarray, np.ndarray]:
   """(probabilities [N, classes], labels [N]) for every example of config.eval_split."""
-  if crops not in CROPS:
-    raise ValueError(f'crops must be one of {CROPS}, got {crops}.')
   preprocessing.warn_if_mirrors_unseen(crops, config.random_flip)
-  mesh = train.create_mesh()
-  variables = jax.device_put(loaded.variables, train.replicated(mesh))
-  forward = jax.jit(lambda v, x: jnp.exp(train.log_probs(loaded.model.apply, v, x)),
-                    in_shardings=(train.replicated(mesh), train.batch_sharding(mesh)),
-                    out_shardings=train.replicated(mesh),
-                    compiler_options=ops.default_compiler_options(jax.default_backend()))
+  mesh = sharding.create_mesh()
+  variables = jax.device_put(loaded.variables, sharding.replicated(mesh))
+  forward = jax.jit(lambda v, x: jnp.exp(metrics.log_probs(loaded.model.apply, v, x)),
+                    in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+                    out_shardings=sharding.replicated(mesh),
+                    compiler_options=xla_options.for_model(jax.default_backend()))
   probs, labels = [], []
   for batch in input_pipeline.create_eval_iterator(config, mesh, crops=crops):
     keep = np.asarray(jax.device_get(batch['mask'])) > 0
     probs.append(np.asarray(jax.device_get(forward(variables, batch['image'])))[keep])
     labels.append(np.asarray(jax.device_get(batch['label']))[keep])
   return np.concatenate(probs), np.concatenate(labels)
-
-
-def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  """Top-1, top-5 (top-k for fewer classes) accuracy and mean negative log-likelihood."""
-  k = min(5, probs.shape[-1])
-  top_k = np.argsort(-probs, axis=-1)[:, :k]
-  nll = -np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12))
-  return {'top1': float(np.mean(top_k[:, 0] == labels)),
-          'top5': float(np.mean((top_k == labels[:, None]).any(axis=-1))),
-          'loss': float(np.mean(nll)), 'count': int(len(labels))}
 
 
 def evaluate_paths(paths: Sequence[str], crops: int,
@@ -108,10 +88,10 @@ def evaluate_paths(paths: Sequence[str], crops: int,
     probs, labels = predict_split(member, data_config, crops)
     all_probs.append(probs)
     results.append({'path': member.path, 'step': member.step,
-                    **classification_metrics(probs, labels)})
+                    **metrics.classification_metrics(probs, labels)})
   report = {'crops': crops, 'models': results}
   if len(loaded) > 1:
-    report['ensemble'] = classification_metrics(np.mean(all_probs, axis=0), labels)
+    report['ensemble'] = metrics.classification_metrics(np.mean(all_probs, axis=0), labels)
   return report
 
 

@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from inception_jax import evaluation
 from inception_jax import preprocessing
-from inception_jax import trainer
+from inception_jax import rundir
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 INPUT_KINDS = {'uint8': jnp.uint8, 'float': jnp.float32}
@@ -122,7 +122,7 @@ def export_checkpoint(path: str | pathlib.Path, out: str | pathlib.Path,
 
   With `saved_model`, also writes a TensorFlow SavedModel there. Returns the sidecar.
   """
-  loaded = evaluation.load_model(path, trainer.load_config(evaluation.workdir_of(path)))
+  loaded = evaluation.load_model(path, rundir.load_config(rundir.workdir_of(path)))
   exported = export_model(loaded, input_kind, image_size)
   class_names = tuple(loaded.meta['class_names'])
   info = sidecar(loaded, exported, input_kind, class_names)

@@ -10,19 +10,14 @@ expression), which lets those layers keep their fresh values too.
 import re
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from inception_jax import checkpointing
+from inception_jax import models
 
 CLASSIFIER_PATTERN = r'^(aux\d+/)?classifier/'
-
-
-def _flat(tree: Any) -> dict[str, Any]:
-  return {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(tree)).items()}
 
 
 def merge_pretrained(fresh: Any, pretrained: Any,
@@ -33,7 +28,7 @@ def merge_pretrained(fresh: Any, pretrained: Any,
   Raises ValueError naming every other leaf that is missing or has another shape.
   """
   allowed = re.compile('|'.join(p for p in (CLASSIFIER_PATTERN, reinit_pattern) if p))
-  fresh_flat, pretrained_flat = _flat(fresh), _flat(pretrained)
+  fresh_flat, pretrained_flat = models.named_leaves(fresh), models.named_leaves(pretrained)
   merged, kept_fresh, refused = {}, [], []
   for path, value in fresh_flat.items():
     source = pretrained_flat.get(path)
@@ -50,8 +45,7 @@ def merge_pretrained(fresh: Any, pretrained: Any,
     raise ValueError('the checkpoint does not fit this model outside the classifiers:\n  '
                      + '\n  '.join(refused) + '\nAllow fresh values for such layers with '
                      "--config.init_from_reinit='<regex of paths>'.")
-  unflat = flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in merged.items()})
-  return unflat, kept_fresh
+  return models.from_named_leaves(merged), kept_fresh
 
 
 def init_from_checkpoint(state: Any, path: str, config: ml_collections.ConfigDict) -> Any:
@@ -74,6 +68,5 @@ def init_from_checkpoint(state: Any, path: str, config: ml_collections.ConfigDic
 def classifier_mask(params: Any) -> Any:
   """True for the classifier layers only: the trainable mask of a frozen backbone."""
   pattern = re.compile(CLASSIFIER_PATTERN)
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
-  return flax.traverse_util.unflatten_dict(
-      {path: bool(pattern.search('/'.join(path))) for path in flat})
+  return models.from_named_leaves(
+      {path: bool(pattern.search(path)) for path in models.named_leaves(params)})

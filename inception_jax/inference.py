@@ -22,15 +22,15 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from inception_jax import config as config_lib
 from inception_jax import evaluation
-from inception_jax import ops
+from inception_jax import input_pipeline
+from inception_jax import metrics
 from inception_jax import preprocessing
-from inception_jax import train
-from inception_jax import trainer
+from inception_jax import rundir
+from inception_jax import xla_options
 
 DEFAULT_BUCKETS = (1, 8, 32, 128)
-CROPS = (1, 10)
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')  # what `decode_rgb` reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
   for path in paths:
     if os.path.isdir(path):
       files.extend(sorted(str(p) for p in pathlib.Path(path).rglob('*')
-                          if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+                          if p.is_file() and p.suffix.lower() in preprocessing.IMAGE_EXTENSIONS))
     else:
       files.append(path)
   return files
@@ -97,23 +97,19 @@ class Predictor:
 
     `config` replaces the saved config (e.g. with overrides applied).
     """
-    if crops not in CROPS:
-      raise ValueError(f'crops must be one of {CROPS}, got {crops}.')
     if not buckets or min(buckets) < 1:
       raise ValueError(f'buckets must be positive batch sizes, got {tuple(buckets)}.')
     if config is None:
-      config = trainer.load_config(evaluation.workdir_of(path))
+      config = rundir.load_config(rundir.workdir_of(path))
     self.loaded = evaluation.load_model(path, config)
     preprocessing.warn_if_mirrors_unseen(crops, config.random_flip)
     self.class_names = tuple(self.loaded.meta['class_names'])
     self.buckets = tuple(sorted(set(buckets)))
-    self.preprocess = preprocessing.EvalPreprocess(
-        image_size=config.image_size, mean_rgb=tuple(config.mean_rgb),
-        std_rgb=tuple(config.std_rgb), resize_ratio=config.eval_resize_ratio, crops=crops)
+    self.preprocess = input_pipeline.eval_preprocess(config, crops)
     apply_fn = self.loaded.model.apply
     self._forward = jax.jit(
-        lambda variables, images: jnp.exp(train.log_probs(apply_fn, variables, images)),
-        compiler_options=ops.default_compiler_options(jax.default_backend()))
+        lambda variables, images: jnp.exp(metrics.log_probs(apply_fn, variables, images)),
+        compiler_options=xla_options.for_model(jax.default_backend()))
 
   @property
   def num_compilations(self) -> int:
@@ -186,8 +182,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
                             'them) from a checkpoint')
   p.add_argument('path', help='a work directory, its checkpoints/ folder or one step folder')
   p.add_argument('images', nargs='+', help='image files and folders (searched recursively)')
-  p.add_argument('--crops', type=int, default=1, choices=CROPS,
-                 help='1: the centre crop; 10: corners, centre and mirrors, averaged')
+  p.add_argument('--crops', type=int, default=1, choices=config_lib.CROPS,
+                 help='1: the centre crop; 10: corners, centre and mirrors; 144: the '
+                 "paper's 4 scales x 3 squares x 6 crops x 2 mirrors; averaged")
   p.add_argument('--top-k', type=int, default=5, help='classes shown per image')
   p.add_argument('--buckets', type=_buckets, default=DEFAULT_BUCKETS,
                  help='batch sizes the forward is compiled for (default 1,8,32,128)')

@@ -7,7 +7,7 @@ Sources (`config.dataset`):
     `imagenet2012`) are prepared from `config.manual_dir` when it holds the files and
     the job has a single process. Nothing is ever downloaded; a data set that is not
     prepared fails at once with the commands that prepare it.
-  * `'image_folder'`: `config.image_folder/<split>/<class>/*.{jpg,jpeg,png}` (any case).
+  * `'image_folder'`: `config.image_folder/<split>/<class>/*.{jpg,jpeg,png,gif,bmp}` (any case).
     Classes are the sorted union of the class folders of all splits. Each process
     checks that its files decode, once per split (JPEGs at 1/8 scale, which still reads
     all their data). With `on_bad_image='skip'` (the default) unreadable or empty files
@@ -47,18 +47,14 @@ from tensorflow_datasets.datasets.siscore import labels as imagenet_labels
 
 from inception_jax import datasets  # registers the embedded data sets with tfds
 from inception_jax import preprocessing
-from inception_jax import train
-
-tf.config.set_visible_devices([], 'GPU')  # TensorFlow must leave the GPUs to JAX
+from inception_jax import sharding
+from inception_jax.sharding import Batch
 
 IMAGE_FOLDER = 'image_folder'
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 BUILT_ON_FIRST_USE = (datasets.SklearnDigits.name,)
 _EPOCH_STREAM = 0  # seed stream of the per-epoch shuffles
 _AUGMENT_STREAM = 1  # seed stream of the per-example augmentations
 _JPEG_CHECK_RATIO = 8
-
-Batch = dict[str, jax.Array]
 
 
 class DatasetNotPreparedError(RuntimeError):
@@ -110,7 +106,7 @@ def create_train_iterator(config: ml_collections.ConfigDict, mesh: Mesh,
   B is `config.batch_size`; the arrays are global, sharded over the mesh axis 'data'.
   The first batch is the one of step `start_step`.
   """
-  train.check_batch_divisible(config.batch_size, mesh, 'batch_size')
+  sharding.check_batch_divisible(config.batch_size, mesh, 'batch_size')
   return _global_batches(make_train_dataset(config, start_step=start_step), mesh)
 
 
@@ -120,11 +116,11 @@ def train_batch_spec(config: ml_collections.ConfigDict, mesh: Mesh
 
   Lets the training step be compiled before the first batch (or the state) exists.
   """
-  sharding = train.batch_sharding(mesh)
+  split = sharding.batch_sharding(mesh)
   size = config.image_size
   return {'image': jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.float32,
-                                        sharding=sharding),
-          'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=sharding)}
+                                        sharding=split),
+          'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=split)}
 
 
 def create_eval_iterator(config: ml_collections.ConfigDict, mesh: Mesh,
@@ -136,7 +132,7 @@ def create_eval_iterator(config: ml_collections.ConfigDict, mesh: Mesh,
   crops in (10, 144). Padding examples have mask 0, so summing over `mask` counts each
   example of the split exactly once; every process yields the same number of batches.
   """
-  train.check_batch_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
+  sharding.check_batch_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
   return _global_batches(make_eval_dataset(config, crops=crops), mesh)
 
 
@@ -187,7 +183,7 @@ def make_eval_dataset(config: ml_collections.ConfigDict, *, crops: int = 1,
   local_batch = _local_batch_size(config.eval_batch_size, process_count,
                                   'eval_batch_size')
   share = _share(config, config.eval_split, process_index, process_count)
-  preprocess = _eval_preprocess(config, crops)
+  preprocess = eval_preprocess(config, crops)
 
   def prepare(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {'image': preprocess(example['image']),
@@ -454,7 +450,7 @@ def _list_folder_split(root: str, split: str) -> tuple[tuple[str, ...], tuple[in
     class_dir = os.path.join(split_dir, name)
     if os.path.isdir(class_dir):
       files = sorted(entry.path for entry in os.scandir(class_dir)
-                     if entry.name.lower().endswith(IMAGE_EXTENSIONS))
+                     if entry.name.lower().endswith(preprocessing.IMAGE_EXTENSIONS))
       paths.extend(files)
       labels.extend([label] * len(files))
   return tuple(paths), tuple(labels)
@@ -498,7 +494,7 @@ def _train_preprocess(config: ml_collections.ConfigDict) -> preprocessing.TrainP
       eval_resize_ratio=config.eval_resize_ratio)
 
 
-def _eval_preprocess(config: ml_collections.ConfigDict,
+def eval_preprocess(config: ml_collections.ConfigDict,
                      crops: int) -> preprocessing.EvalPreprocess:
   """The evaluation preprocessing that `config` asks for, with `crops` crops."""
   return preprocessing.EvalPreprocess(
@@ -540,7 +536,15 @@ def _local_batch_size(batch_size: int, process_count: int, field: str) -> int:
 
 def _global_batches(ds: tf.data.Dataset, mesh: Mesh) -> Iterator[Batch]:
   """Assembles each process's local batches into global arrays sharded on 'data'."""
-  sharding = train.batch_sharding(mesh)
+  split = sharding.batch_sharding(mesh)
   for local_batch in ds.as_numpy_iterator():
     yield jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+        lambda x: jax.make_array_from_process_local_data(split, x), local_batch)
+
+
+def hide_gpus_from_tensorflow() -> None:
+  """Keeps TensorFlow (which only feeds data here) off the GPUs, leaving them to JAX.
+
+  Call it at a program's start, before TensorFlow touches a device.
+  """
+  tf.config.set_visible_devices([], 'GPU')

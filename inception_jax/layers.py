@@ -46,14 +46,13 @@ class MaxPool(nn.Module):
   window: int = 3
   stride: int = 2
   pad: int = 0
-  ops: str = 'xla'
+  ops: str = ops_lib.DEFAULT_OPS
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    ops_lib.check_ops(self.ops)
     padding = tuple(ceil_pool_padding(x.shape[d], self.window, self.stride, self.pad)
                     for d in (1, 2))
-    if self.ops == 'fast':
+    if ops_lib.resolve(self.ops) == 'fast':
       return ops_lib.max_pool(x, self.window, self.stride, padding)
     return nn.max_pool(x, (self.window, self.window), (self.stride, self.stride),
                        padding=padding)
@@ -194,17 +193,17 @@ class ConvReLU(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros
-  ops: str = 'xla'
+  ops: str = ops_lib.DEFAULT_OPS
 
   def setup(self) -> None:
-    ops_lib.check_ops(self.ops)
+    fast = ops_lib.resolve(self.ops) == 'fast'
     pad = self.kernel // 2
-    conv = FastConv if self.ops == 'fast' else nn.Conv
+    conv = FastConv if fast else nn.Conv
     self.conv = conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
                      padding=((pad, pad), (pad, pad)), use_bias=not self.batch_norm,
                      dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init)
     if self.batch_norm:
-      norm = BatchNormReLU if self.ops == 'fast' else nn.BatchNorm
+      norm = BatchNormReLU if fast else nn.BatchNorm
       self.bn = norm(momentum=0.9, epsilon=1e-3, dtype=self.dtype)
 
   def __call__(self, x: Array, train: bool) -> Array:
@@ -226,7 +225,7 @@ def pointwise_conv_relus(convs: Sequence[ConvReLU], x: Array, train: bool) -> li
   parameters (each conv keeps its own) with one pass over `x` instead of one per conv.
   """
   for conv in convs:
-    if (conv.kernel, conv.stride, conv.ops) != (1, 1, 'fast'):
+    if (conv.kernel, conv.stride, ops_lib.resolve(conv.ops)) != (1, 1, 'fast'):
       raise ValueError(f'pointwise_conv_relus fuses 1x1 stride-1 ConvReLUs with '
                        f"ops='fast'; got kernel {conv.kernel}, stride {conv.stride}, "
                        f'ops {conv.ops!r}. Call such a conv on its own.')

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from inception_jax import layers
+from inception_jax import ops as ops_lib
+from inception_jax import xla_options
 
 Array = jax.Array
 
@@ -97,7 +99,7 @@ class InceptionBlock(nn.Module):
   batch_norm: bool = False
   dtype: Any = jnp.float32
   init_scheme: str = 'caffe'
-  ops: str = 'xla'
+  ops: str = ops_lib.DEFAULT_OPS
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -115,7 +117,7 @@ class InceptionBlock(nn.Module):
       reduce3 = conv(n3x3_reduce, 1, name='3x3_reduce')
       reduce5 = conv(n5x5_reduce, 1, name='5x5_reduce')
       out1x1 = conv(n1x1, 1, name='1x1')
-      if self.ops == 'fast':
+      if ops_lib.resolve(self.ops) == 'fast':
         reduce3, reduce5, out1x1 = layers.pointwise_conv_relus([reduce3, reduce5, out1x1], x,
                                                                train)
       else:
@@ -143,7 +145,7 @@ class AuxHead(nn.Module):
   batch_norm: bool = False
   dtype: Any = jnp.float32
   init_scheme: str = 'caffe'
-  ops: str = 'xla'
+  ops: str = ops_lib.DEFAULT_OPS
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -181,8 +183,9 @@ class GoogLeNet(nn.Module):
     width: multiplies every channel count (1.0 = paper; < 1 for tests).
     dtype: compute dtype; parameters are always float32, logits float32.
     init_scheme: 'caffe', 'he' or 'torchvision' (see the module docstring).
-    ops: 'xla' (XLA's convolutions and pools, flax's BatchNorm) or 'fast' (`inception_jax.ops`:
-      the same results from faster formulations; same parameters).
+    ops: 'xla' (XLA's convolutions and pools, flax's BatchNorm), 'fast' (`inception_jax.ops`:
+      the same results from faster formulations; same parameters) or 'auto' (the
+      platform's choice, `ops.resolve`).
   """
   num_classes: int = 1000
   aux_heads: bool = True
@@ -197,7 +200,7 @@ class GoogLeNet(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   init_scheme: str = 'caffe'
-  ops: str = 'xla'
+  ops: str = ops_lib.DEFAULT_OPS
 
   def min_input_size(self) -> int:
     """The smallest image side that survives conv1 and the four stride-2 pools."""
@@ -221,17 +224,18 @@ class GoogLeNet(nn.Module):
       raise ValueError(f'images of {x.shape[1]}x{x.shape[2]} are too small for this '
                        f'GoogLeNet: it needs at least {smallest}x{smallest} pixels.')
     inits = _initializers(self.init_scheme)
+    ops = ops_lib.resolve(self.ops)  # once, for every layer
     conv = functools.partial(layers.ConvReLU, batch_norm=self.batch_norm, dtype=self.dtype,
-                             kernel_init=inits['kernel'], bias_init=inits['bias'], ops=self.ops)
-    max_pool = functools.partial(layers.MaxPool, ops=self.ops)
+                             kernel_init=inits['kernel'], bias_init=inits['bias'], ops=ops)
+    max_pool = functools.partial(layers.MaxPool, ops=ops)
     block = functools.partial(InceptionBlock, naive=self.naive_blocks,
                               large_kernel=self.large_kernel, batch_norm=self.batch_norm,
-                              dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops)
+                              dtype=self.dtype, init_scheme=self.init_scheme, ops=ops)
     aux_head = functools.partial(
         AuxHead, num_classes=self.num_classes, conv_features=self._channels(128),
         hidden=self._channels(1024), dropout_rate=self.aux_dropout_rate,
         adaptive_pool=self.adaptive_aux_pool, batch_norm=self.batch_norm, dtype=self.dtype,
-        init_scheme=self.init_scheme, ops=self.ops)
+        init_scheme=self.init_scheme, ops=ops)
     lrn = layers.LocalResponseNorm if self.lrn else None
 
     def stage(name: str, y: Array) -> Array:
@@ -268,23 +272,20 @@ class GoogLeNet(nn.Module):
     return ModelOutput(logits=logits.astype(jnp.float32), aux_logits=aux_logits)
 
 
-googlenet = functools.partial(GoogLeNet)
 googlenet_bn = functools.partial(GoogLeNet, batch_norm=True, lrn=False, large_kernel=3,
                                  pool4_window=2, adaptive_aux_pool=True, dropout_rate=0.2,
                                  init_scheme='torchvision')
 googlenet_naive = functools.partial(GoogLeNet, naive_blocks=True)
 _TINY_WIDTH = 1 / 8  # test variants: same topology, channels / 8
-googlenet_tiny = functools.partial(googlenet, width=_TINY_WIDTH)
+googlenet_tiny = functools.partial(GoogLeNet, width=_TINY_WIDTH)
 googlenet_bn_tiny = functools.partial(googlenet_bn, width=_TINY_WIDTH)
-googlenet_naive_tiny = functools.partial(googlenet_naive, width=_TINY_WIDTH)
 
 MODELS: dict[str, Callable[..., GoogLeNet]] = {
-    'googlenet': googlenet,
+    'googlenet': GoogLeNet,
     'googlenet_bn': googlenet_bn,
     'googlenet_naive': googlenet_naive,
     'googlenet_tiny': googlenet_tiny,
     'googlenet_bn_tiny': googlenet_bn_tiny,
-    'googlenet_naive_tiny': googlenet_naive_tiny,
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -314,24 +315,36 @@ def extract_features(model: GoogLeNet, variables: Any, images: Array) -> dict[st
           for name, values in state['intermediates'].items()}
 
 
-# Initialization runs once and is dominated by compiling ~200 random draws:
-# XLA's backend optimizations triple its compile time for no run-time gain, and
-# on CPU the older loop emitters compile its ~900 small kernels faster than the
-# MLIR fusion emitters (googlenet_bn's initializer: 6.5-6.8 s against 9.0-10.0 s
-# on 2 cores, the same run time). XLA's options are one set for all backends: GPUs
-# and TPUs accept the CPU one (as the CPU accepts GPU ones) and do not use it.
-INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0,
-                         'xla_llvm_disable_expensive_passes': True,
-                         'xla_cpu_use_fusion_emitters': False}
-
-
 def init_variables(model: GoogLeNet, rng: Array, image_shape: tuple[int, ...],
                    out_shardings: Any = None) -> Any:
   """Initializes all variables (aux heads included) for images of `image_shape`.
 
-  Compiled once with `INIT_COMPILER_OPTIONS`; `out_shardings` (e.g. a replicated
+  Compiled once with `xla_options.fast_compile`; `out_shardings` (e.g. a replicated
   `NamedSharding`) places the variables directly where they belong.
   """
   init = jax.jit(lambda key: model.init(key, jnp.zeros(image_shape, jnp.float32), train=False),
                  out_shardings=out_shardings)
-  return init.lower(rng).compile(compiler_options=INIT_COMPILER_OPTIONS)(rng)
+  return init.lower(rng).compile(compiler_options=xla_options.fast_compile())(rng)
+
+
+def model_variables(params: Any, batch_stats: Any = None, ema_params: Any = None
+                    ) -> dict[str, Any]:
+  """The variables to apply a model with: `ema_params` (when given) in place of `params`.
+
+  'batch_stats' is included only for models that have them.
+  """
+  variables = {'params': params if ema_params is None else ema_params}
+  if batch_stats:
+    variables['batch_stats'] = batch_stats
+  return variables
+
+
+def named_leaves(tree: Any) -> dict[str, Any]:
+  """The leaves of a variable tree by '/'-joined path, e.g. 'inception_3a/1x1/conv/kernel'."""
+  return {'/'.join(path): leaf for path, leaf in
+          flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()}
+
+
+def from_named_leaves(named: Any) -> dict[str, Any]:
+  """The nested tree of a {'/'-joined path: leaf} mapping (the inverse of `named_leaves`)."""
+  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in named.items()})

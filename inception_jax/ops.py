@@ -24,12 +24,6 @@ rounding) and runs unchanged on every backend; only the formulation differs:
     hand-written gradient: one reduction and one elementwise pass over the
     input and the output gradient, where autodiff of the two layers makes
     several (1.4-1.9x faster on its own on GoogLeNet's shapes at batch 32).
-
-`CPU_COMPILER_OPTIONS` are per-compilation XLA options for the CPU backend: they
-keep convolutions off the YNNPACK library (whose convolution weight gradients
-are up to 6x slower here than XLA's own Eigen kernels: 978 vs 162 ms for a 3x3,
-64→192 channels at 56x56, batch 32) while matrix products and reductions stay on
-it. Pass them to `.compile()` of CPU programs only; other backends reject them.
 """
 
 import functools
@@ -41,20 +35,22 @@ import jax.numpy as jnp
 Array = jax.Array
 Padding = tuple[tuple[int, int], tuple[int, int]]
 OPS = ('xla', 'fast')
-CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
-                        'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+AUTO = 'auto'
+DEFAULT_OPS = AUTO  # the models' and the configs' default kernel set
 
 
-def default_compiler_options(platform: str) -> dict[str, str]:
-  """The XLA compile options this project uses for the model on `platform` ('cpu', 'gpu', ...)."""
-  return dict(CPU_COMPILER_OPTIONS) if platform == 'cpu' else {}
+def resolve(ops: str, platform: str | None = None) -> str:
+  """The kernel set `ops` names: 'xla' or 'fast'; 'auto' is 'fast' on CPU, else 'xla'.
 
-
-def check_ops(ops: str) -> None:
-  """Raises ValueError unless `ops` names a kernel set ('xla' or 'fast')."""
+  The fast formulations were measured to help on CPU only, so other platforms
+  default to XLA's own kernels. `platform` defaults to JAX's default backend.
+  """
+  if ops == AUTO:
+    return 'fast' if (platform or jax.default_backend()) == 'cpu' else 'xla'
   if ops not in OPS:
-    raise ValueError(f"unknown ops {ops!r}: use 'xla' (XLA's own kernels) or 'fast' "
-                     '(inception_jax.ops).')
+    raise ValueError(f"unknown ops {ops!r}: use 'auto' (the platform's default), 'xla' "
+                     "(XLA's own kernels) or 'fast' (inception_jax.ops).")
+  return ops
 
 
 def conv2d(x: Array, kernel: Array, stride: int = 1, padding: Padding = ((0, 0), (0, 0))

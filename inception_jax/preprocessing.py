@@ -22,6 +22,10 @@ from typing import Callable, NamedTuple, Sequence
 from absl import logging
 import tensorflow as tf
 
+from inception_jax import config as config_lib
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')  # what `decode_rgb` reads
+
 # The interpolation methods the GoogLeNet paper chooses from at random.
 RESIZE_METHODS = ('bilinear', 'area', 'nearest', 'bicubic')
 # Shorter sides of the paper's 144-crop evaluation, for 224-pixel crops.
@@ -392,8 +396,8 @@ class EvalPreprocess:
   crops: int = 1
 
   def __post_init__(self):
-    if self.crops not in (1, 10, 144):
-      raise ValueError(f'crops={self.crops}; use 1, 10 or 144.')
+    if self.crops not in config_lib.CROPS:
+      raise ValueError(f'crops={self.crops}; use one of {config_lib.CROPS}.')
     eval_side(self.image_size, self.resize_ratio)
 
   @property

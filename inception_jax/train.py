@@ -1,374 +1,194 @@
-"""The training state and the pure, jit-compiled training and evaluation steps.
+"""The training loop: `train_and_evaluate(config, workdir)`.
 
-Sharding: one mesh axis, 'data'. Batches are split over it (`PartitionSpec('data')`)
-and the state is replicated, so the step is data parallel. Under `jax.jit` with a
-sharded batch every mean over the batch axis (the loss, BatchNorm's statistics) is
-over the global batch; XLA inserts the cross-device reductions. No pmap, no
-axis names.
-
-Randomness: the state holds one base key; step s uses fold_in(key, s) as the
-'dropout' stream (flax derives a distinct key per Dropout module from it). With
-`jax_threefry_partitionable` (set below; JAX's default since 0.5), the random bits
-of an array do not depend on how it is sharded, so dropout masks, and so the
-whole step, are the same on one device or many.
-
-Steps and updates: `TrainState.step` counts training steps (batches). With
-`config.grad_accum_steps` = k, the optimizer applies an update every k steps (see
-`inception_jax.optim`); the EMA of the parameters follows the updates.
+Resumes from the newest checkpoint in `workdir/checkpoints` (falling back past a
+damaged one); otherwise starts fresh, or from `config.init_from` for
+fine-tuning. Evaluates periodically over the whole held-out split, saves every
+`checkpoint_every_steps` and at the end, and on SIGTERM saves the current step
+and returns. Only process 0 prints and writes logs; every process checkpoints.
 """
 
-import functools
-import math
-from typing import Any, Callable, Mapping
+import concurrent.futures
+import pathlib
+import signal
+import threading
+import time
+from typing import Any, Iterator
 
-import flax
-import flax.linen as nn
+from absl import logging
 import jax
-import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import ml_collections
-import numpy as np
-import optax
 
-from inception_jax import models, optim
-from inception_jax import ops as ops_lib
-
-jax.config.update('jax_threefry_partitionable', True)
-
-Array = jax.Array
-Batch = Mapping[str, Array]
-Metrics = dict[str, Array]
-Params = Any
-DATA_AXIS = 'data'
-TOP_K = 5
+from inception_jax import checkpointing
+from inception_jax import distributed
+from inception_jax import finetune
+from inception_jax import host_memory
+from inception_jax import input_pipeline
+from inception_jax import metric_logging
+from inception_jax import ops
+from inception_jax import optim
+from inception_jax import rundir
+from inception_jax import sharding
+from inception_jax import steps
 
 
-@flax.struct.dataclass
-class TrainState:
-  """Everything a training step reads and writes; a pytree orbax saves whole.
+class Preempted(Exception):
+  """Training stopped on SIGTERM after saving a checkpoint."""
 
-  Attributes:
-    step: training steps taken (int32 scalar).
-    params: the model parameters (float32).
-    batch_stats: BatchNorm running statistics; {} for models without BatchNorm.
-    opt_state: the optimizer state.
-    ema_params: the Polyak average of params when ema_decay > 0, else None.
-    rng: the base random key as raw uint32 key data (`jax.random.key_data`).
-    apply_fn: the model's apply function (static).
-    tx: the optimizer (static).
-    learning_rate_fn: the schedule, a function of the optimizer update count (static).
-    grad_accum_steps: training steps per optimizer update (static).
-    ema_decay: the EMA decay per update; 0 when off (static).
+
+class _SigtermFlag:
+  """Sets itself on SIGTERM (what a Cloud TPU VM sends before preemption)."""
+
+  def __init__(self):
+    self.event = threading.Event()
+    self._previous = None
+
+  def __enter__(self) -> '_SigtermFlag':
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def evaluate(eval_step: Any, state: Any, batches: Iterator[dict[str, jax.Array]]
+             ) -> dict[str, float]:
+  """Top-1, top-5 and mean loss over every real example of `batches`."""
+  totals: dict[str, float] = {}
+  for batch in batches:
+    counts = sharding.fetch(eval_step(state, batch))
+    for key, value in counts.items():
+      totals[key] = totals.get(key, 0.0) + float(value)
+  count = max(totals.get('count', 0.0), 1.0)
+  return {'top1': totals['correct_top1'] / count, 'top5': totals['correct_top5'] / count,
+          'loss': totals['loss_sum'] / count, 'count': totals['count']}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+                       ) -> dict[str, float]:
+  """Trains and evaluates; returns the final evaluation metrics.
+
+  Raises Preempted after saving a checkpoint when SIGTERM arrives.
   """
-  step: Array
-  params: Params
-  batch_stats: Params
-  opt_state: optax.OptState
-  ema_params: Params | None
-  rng: Array
-  apply_fn: Callable[..., Any] = flax.struct.field(pytree_node=False)
-  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-  learning_rate_fn: optax.Schedule = flax.struct.field(pytree_node=False)
-  grad_accum_steps: int = flax.struct.field(pytree_node=False, default=1)
-  ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+  distributed.initialize(config)
+  workdir = pathlib.Path(workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    rundir.save_config(config, workdir)
+  info = input_pipeline.get_dataset_info(config)
+  mesh = sharding.create_mesh()
+  model = rundir.build_model(config, info.num_classes)
+  steps_per_epoch = info.split_sizes[config.train_split] // config.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f'batch_size {config.batch_size} exceeds the {config.train_split} split '
+                     f'({info.split_sizes[config.train_split]} examples): lower it.')
+  total_steps = optim.total_train_steps(config, steps_per_epoch)
+  image_shape = (1, config.image_size, config.image_size, 3)
+  trainable_mask = finetune.classifier_mask if config.freeze_backbone else None
+  initialize, abstract_state = steps.train_state_initializer(
+      config, model, image_shape, mesh, steps_per_epoch, trainable_mask)
+  state_sharding = steps.shardings_of(abstract_state)
+  meta = rundir.checkpoint_meta(config, info)
+  manager = checkpointing.create_manager(workdir / 'checkpoints', config.keep_checkpoints)
 
-  def eval_variables(self) -> dict[str, Params]:
-    """The variables evaluation uses: the EMA parameters when there are any."""
-    params = self.params if self.ema_params is None else self.ema_params
-    return _variables(params, self.batch_stats)
+  def initial_state() -> steps.TrainState:
+    restored = checkpointing.restore_latest(
+        manager, abstract_state,
+        {k: meta[k] for k in ('model', 'model_options', 'num_classes', 'image_size')})
+    if restored is not None:
+      logging.info('resumed from step %d in %s', restored.step, manager.directory)
+      return restored.state
+    if config.init_from:
+      return finetune.init_from_checkpoint(initialize(), config.init_from, config)
+    return initialize()
 
+  # The state is restored or initialized in a second thread while this one
+  # compiles the training step for its abstract shapes: both mostly run in XLA.
+  # A finished run (it only re-evaluates) leaves the step to compile on first use.
+  train_step = steps.make_train_step(config, mesh, state_sharding)
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='initial_state') as pool:
+    pending_state = pool.submit(initial_state)
+    compile_s = None
+    if (manager.latest_step() or 0) < total_steps:
+      compile_start = time.time()
+      train_step = train_step.lower(
+          abstract_state, input_pipeline.train_batch_spec(config, mesh)).compile()
+      compile_s = time.time() - compile_start
+    state = pending_state.result()
+  host_memory.release_free_memory()
+  start_step = int(sharding.fetch(state.step))
+  writer = metric_logging.MetricWriter(workdir, enabled=is_main)
+  eval_step = steps.make_eval_step(mesh, state_sharding)
+  batches = input_pipeline.create_train_iterator(config, mesh, start_step=start_step)
+  if is_main:
+    print(f'{config.model} on {info.name}: {total_steps} steps of {config.batch_size} '
+          f'({steps_per_epoch} per epoch) on {jax.device_count()} {jax.default_backend()} '
+          f'device(s), {ops.resolve(model.ops)} kernels; work directory {workdir.absolute()}'
+          + (f'; resuming at step {start_step}' if start_step else ''), flush=True)
+    if compile_s is not None:
+      print(f'compiled the training step in {compile_s:.1f} s', flush=True)
 
-def _variables(params: Params, batch_stats: Params) -> dict[str, Params]:
-  """The model's variables; 'batch_stats' only for models that have them."""
-  if batch_stats:
-    return {'params': params, 'batch_stats': batch_stats}
-  return {'params': params}
+  def run_eval(step: int) -> dict[str, float]:
+    result = evaluate(eval_step, state, input_pipeline.create_eval_iterator(config, mesh))
+    writer.write(step, {f'eval_{k}': v for k, v in result.items()})
+    if is_main:
+      print(f"eval at step {step}: top1 {result['top1']:.4f} | top5 {result['top5']:.4f} | "
+            f"loss {result['loss']:.4f} | {int(result['count'])} examples", flush=True)
+    return result
 
+  def save(step: int, metrics: Any, eval_result: dict[str, float] | None = None) -> None:
+    steps.check_finite(sharding.fetch(metrics), step)  # never checkpoint a NaN state
+    checkpointing.save(manager, step, state, meta,
+                       eval_top1=None if eval_result is None else eval_result['top1'])
 
-def create_mesh(devices: Any = None) -> Mesh:
-  """A one-axis ('data') mesh over `devices` (default: all of them)."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  """The sharding of arrays copied whole to every device of the mesh."""
-  return NamedSharding(mesh, PartitionSpec())
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """The sharding of batches: the leading (example) axis split over 'data'."""
-  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-
-
-def check_batch_divisible(batch_size: int, mesh: Mesh, field: str = 'batch_size') -> None:
-  """Raises ValueError unless the global batch splits evenly over the mesh's devices."""
-  devices = mesh.devices.size
-  if batch_size % devices:
-    raise ValueError(
-        f'config.{field}={batch_size} is not divisible by the {devices} devices; set '
-        f'{field} to a multiple of {devices} (e.g. {math.ceil(batch_size / devices) * devices})'
-        ' or run on a number of devices that divides it.')
-
-
-def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
-                       image_shape: tuple[int, ...], mesh: Mesh, steps_per_epoch: int,
-                       trainable_mask: optim.TrainableMask | None = None
-                       ) -> tuple[TrainState, TrainState]:
-  """Initializes the training state directly replicated over `mesh`.
-
-  Args:
-    config: the experiment configuration (seed, optimizer, ema_decay, ...).
-    model: the flax module, e.g. from `models.create_model`.
-    image_shape: the shape of the images to initialize with, [batch, H, W, 3];
-      a batch of one is enough.
-    mesh: the device mesh (`create_mesh`).
-    steps_per_epoch: training steps per epoch, for the schedules.
-    trainable_mask: which parameters to train (see `optim.create_optimizer`).
-
-  Returns:
-    (state, state_sharding): the state, and a state-shaped tree of its shardings.
-  """
-  initialize, abstract_state = train_state_initializer(config, model, image_shape, mesh,
-                                                       steps_per_epoch, trainable_mask)
-  return initialize(), shardings_of(abstract_state)
-
-
-def train_state_initializer(config: ml_collections.ConfigDict, model: nn.Module,
-                            image_shape: tuple[int, ...], mesh: Mesh, steps_per_epoch: int,
-                            trainable_mask: optim.TrainableMask | None = None
-                            ) -> tuple[Callable[[], TrainState], TrainState]:
-  """(initialize, abstract_state) for the state `create_train_state` makes.
-
-  `abstract_state` is that state as `jax.ShapeDtypeStruct`s with their (replicated)
-  shardings, from tracing the initialization once without computing anything:
-  enough to compile the training step or restore a checkpoint before, or instead
-  of, initializing. `initialize()` lowers that same trace, compiles and runs it with
-  the replicated sharding as `out_shardings`, so no copy of the state is first made
-  on one device. Both share the optimizer and schedule, so steps compiled for one
-  accept the other. Same arguments as `create_train_state`.
-  """
-  tx = optim.create_optimizer(config, steps_per_epoch, trainable_mask)
-  learning_rate_fn = optim.create_learning_rate_schedule(config, steps_per_epoch)
-
-  def init(key: Array) -> TrainState:
-    params_key, dropout_key = jax.random.split(key)
-    variables = model.init({'params': params_key}, jnp.zeros(image_shape, jnp.float32),
-                           train=False)
-    params = variables['params']
-    return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params,
-        batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
-        ema_params=params if config.ema_decay > 0 else None,
-        rng=jax.random.key_data(dropout_key), apply_fn=model.apply, tx=tx,
-        learning_rate_fn=learning_rate_fn, grad_accum_steps=config.grad_accum_steps,
-        ema_decay=config.ema_decay)
-
-  key = jax.random.key(config.seed)
-  sharding = replicated(mesh)
-  traced = jax.jit(init, out_shardings=sharding).trace(key)
-  abstract_state = jax.tree.map(
-      lambda aval: jax.ShapeDtypeStruct(aval.shape, aval.dtype, sharding=sharding),
-      traced.out_avals)
-
-  def initialize() -> TrainState:
-    compiled = traced.lower().compile(compiler_options=models.INIT_COMPILER_OPTIONS)
-    return compiled(key)
-
-  return initialize, abstract_state
-
-
-def shardings_of(abstract_state: TrainState) -> TrainState:
-  """The state-shaped tree of shardings of an abstract state (`train_state_initializer`)."""
-  return jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
-
-
-def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) -> Array:
-  """Per-example softmax cross-entropy with integer labels, optionally label-smoothed.
-
-  With smoothing a, the target is (1 - a) * one_hot + a / num_classes.
-  """
-  num_classes = logits.shape[-1]
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
-def classification_loss(output: models.ModelOutput, labels: Array, aux_weight: float,
-                        label_smoothing: float = 0.0) -> tuple[Array, Metrics]:
-  """The GoogLeNet loss: CE(main) + aux_weight * (CE(aux1) + CE(aux2)), batch means.
-
-  Returns:
-    (loss, terms): terms has 'loss', 'main_loss' and, for each aux head,
-    'aux1_loss', 'aux2_loss' (reported even when aux_weight is 0, which leaves
-    them out of the loss).
-  """
-  main_loss = cross_entropy(output.logits, labels, label_smoothing).mean()
-  terms = {'main_loss': main_loss}
-  loss = main_loss
-  for index, aux_logits in enumerate(output.aux_logits, start=1):
-    aux_loss = cross_entropy(aux_logits, labels, label_smoothing).mean()
-    terms[f'aux{index}_loss'] = aux_loss
-    if aux_weight:
-      loss = loss + aux_weight * aux_loss
-  return loss, {'loss': loss, **terms}
-
-
-def top_k_correct(logits: Array, labels: Array, k: int) -> Array:
-  """Per example, whether the label is among the k highest logits (k capped at classes)."""
-  _, top = jax.lax.top_k(logits, min(k, logits.shape[-1]))
-  return jnp.any(top == labels[:, None], axis=-1)
-
-
-def train_step(state: TrainState, batch: Batch, *, aux_weight: float,
-               label_smoothing: float = 0.0) -> tuple[TrainState, Metrics]:
-  """One training step on `batch` = {'image': [B, H, W, 3], 'label': int32 [B]}.
-
-  Args:
-    state: the state; its step and base key give this step's dropout key.
-    batch: the global batch (under jit, sharded over the mesh's 'data' axis).
-    aux_weight: the weight of each auxiliary head's loss (0: left out).
-    label_smoothing: label smoothing of every cross-entropy term.
-
-  Returns:
-    (new_state, metrics): the loss terms, 'top1', 'top5', the 'learning_rate' of
-    this step's update, and the global norms 'grad_norm' (this batch's gradient),
-    'param_norm' (after the update) and 'update_norm' (0 on steps where gradient
-    accumulation applies no update).
-  """
-  dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-  def loss_fn(params: Params) -> tuple[Array, tuple[Metrics, Array, Params]]:
-    output, batch_stats = _forward_train(state, params, batch['image'], dropout_rng)
-    loss, terms = classification_loss(output, batch['label'], aux_weight, label_smoothing)
-    return loss, (terms, output.logits, batch_stats)
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (_, (terms, logits, batch_stats)), grads = grad_fn(state.params)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, ema_params=_updated_ema(state, params))
-  grad_norm, param_norm, update_norm = optim.global_norms(grads, params, updates)
-  metrics = {
-      **terms,
-      'top1': top_k_correct(logits, batch['label'], 1).mean(),
-      'top5': top_k_correct(logits, batch['label'], TOP_K).mean(),
-      'learning_rate': jnp.asarray(
-          state.learning_rate_fn(state.step // state.grad_accum_steps), jnp.float32),
-      'grad_norm': grad_norm,
-      'param_norm': param_norm,
-      'update_norm': update_norm,
-  }
-  return new_state, metrics
-
-
-def _forward_train(state: TrainState, params: Params, images: Array,
-                   dropout_rng: Array) -> tuple[models.ModelOutput, Params]:
-  """The training-mode forward pass; returns the output and the new batch_stats."""
-  variables = _variables(params, state.batch_stats)
-  rngs = {'dropout': dropout_rng}
-  if 'batch_stats' not in variables:
-    return state.apply_fn(variables, images, train=True, rngs=rngs), state.batch_stats
-  output, updated = state.apply_fn(variables, images, train=True, rngs=rngs,
-                                   mutable=['batch_stats'])
-  return output, updated['batch_stats']
-
-
-def _updated_ema(state: TrainState, params: Params) -> Params | None:
-  """The EMA after this step: advanced on steps that update params, else unchanged."""
-  if state.ema_params is None:
-    return None
-  updates_params = (state.step + 1) % state.grad_accum_steps == 0
-  decay = jnp.where(updates_params, state.ema_decay, 1.0)
-  return optim.ema_update(state.ema_params, params, decay)
-
-
-def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
-                    state_sharding: TrainState,
-                    compiler_options: Mapping[str, Any] | None = None
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """`train_step` jit-compiled for `mesh`: batch split over 'data', state replicated.
-
-  The input state is donated (its buffers are reused for the new state); the
-  metrics come back replicated. `compiler_options` are passed to XLA; None
-  means `ops.default_compiler_options` for the mesh's platform (`{}`: XLA's own
-  defaults; `models.INIT_COMPILER_OPTIONS` cuts compile time for slower steps).
-
-  Raises:
-    ValueError: if config.batch_size does not divide by the number of devices.
-  """
-  check_batch_divisible(config.batch_size, mesh)
-  step = functools.partial(train_step, aux_weight=config.aux_weight,
-                           label_smoothing=config.label_smoothing)
-  return jax.jit(step, in_shardings=(state_sharding, batch_sharding(mesh)),
-                 out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0,
-                 compiler_options=_compiler_options(mesh, compiler_options))
-
-
-def eval_step(state: TrainState, batch: Batch) -> Metrics:
-  """Summable evaluation counts over the masked-in examples of `batch`.
-
-  Uses the EMA parameters when there are any, in evaluation mode (no dropout,
-  no aux heads). `batch['image']` is [B, H, W, 3], or [B, crops, H, W, 3], in
-  which case the softmax probabilities are averaged over the crops of each
-  example. `batch['mask']` [B] is 1 for real examples and 0 for padding.
-
-  Returns:
-    'correct_top1', 'correct_top5', 'loss_sum' (cross-entropy of the predicted
-    distribution, no label smoothing) and 'count', each summed over the batch.
-  """
-  predicted = log_probs(state.apply_fn, state.eval_variables(), batch['image'])
-  labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
-  nll = -jnp.take_along_axis(predicted, labels[:, None], axis=-1)[:, 0]
-  return {
-      'correct_top1': jnp.sum(mask * top_k_correct(predicted, labels, 1)),
-      'correct_top5': jnp.sum(mask * top_k_correct(predicted, labels, TOP_K)),
-      'loss_sum': jnp.sum(jnp.where(mask > 0, nll, 0.0)),
-      'count': jnp.sum(mask),
-  }
-
-
-def log_probs(apply_fn: Callable[..., Any], variables: Any, images: Array) -> Array:
-  """[B, classes] log-probabilities in eval mode; images [B, H, W, 3] or [B, crops, H, W, 3].
-
-  With crops, the softmax probabilities of an image's crops are averaged.
-  """
-  crops = images.shape[1] if images.ndim == 5 else 1
-  flat = images.reshape(-1, *images.shape[-3:])
-  logits = apply_fn(variables, flat, train=False).logits
-  per_crop = jax.nn.log_softmax(logits).reshape(images.shape[0], crops, -1)
-  return jax.nn.logsumexp(per_crop, axis=1) - jnp.log(crops)
-
-
-def make_eval_step(mesh: Mesh, state_sharding: TrainState,
-                   compiler_options: Mapping[str, Any] | None = None
-                   ) -> Callable[[TrainState, Batch], Metrics]:
-  """`eval_step` jit-compiled for `mesh`: batch split over 'data', counts replicated.
-
-  `compiler_options` as in `make_train_step`.
-  """
-  return jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding(mesh)),
-                 out_shardings=replicated(mesh),
-                 compiler_options=_compiler_options(mesh, compiler_options))
-
-
-def _compiler_options(mesh: Mesh, options: Mapping[str, Any] | None) -> Mapping[str, Any]:
-  if options is not None:
-    return options
-  return ops_lib.default_compiler_options(mesh.devices.flat[0].platform)
-
-
-def check_finite(metrics: Mapping[str, Any], step: int) -> None:
-  """Raises FloatingPointError if a loss or a norm in `metrics` is NaN or infinite.
-
-  Call it on the host before saving a checkpoint, so that a diverged state is
-  never saved.
-  """
-  watched = sorted((name != 'loss', name) for name in metrics
-                   if name.endswith('loss') or name.endswith('_norm'))
-  values = {name: float(metrics[name]) for _, name in watched}
-  bad = [f'{name} is {value}' for name, value in values.items() if not math.isfinite(value)]
-  if bad:
-    raise FloatingPointError(
-        f'step {step}: {"; ".join(bad)}; training stopped before saving this state. '
-        'Lower learning_rate, set grad_clip_norm, or check the input data for NaN/Inf.')
+  distributed.wait_for_all_processes(f'ready_at_step_{start_step}',
+                                     config.distributed_timeout_seconds)
+  eval_result: dict[str, float] = {}
+  window_start, window_steps = time.time(), 0
+  with _SigtermFlag() as sigterm:
+    for step in range(start_step + 1, total_steps + 1):
+      state, metrics = train_step(state, next(batches))
+      if step == start_step + 1:  # warm-up (first touches of memory): not in the throughput
+        jax.block_until_ready(metrics)
+        if is_main:
+          print(f'first step took {time.time() - window_start:.1f} s', flush=True)
+        window_start, window_steps = time.time(), 0
+      else:
+        window_steps += 1
+      last = step == total_steps
+      if step % config.log_every_steps == 0 or last:
+        scalars = sharding.fetch(metrics)
+        steps.check_finite(scalars, step)
+        elapsed = time.time() - window_start
+        writer.write(step, {f'train_{k}': float(v) for k, v in scalars.items()})
+        if is_main and window_steps:
+          print(metric_logging.progress_line(
+              step, total_steps, steps_per_epoch, scalars,
+              window_steps * config.batch_size / elapsed,
+              (total_steps - step) * elapsed / window_steps), flush=True)
+        window_start, window_steps = time.time(), 0
+      evaluated = step % config.eval_every_steps == 0 or last
+      if evaluated:
+        eval_result = run_eval(step)
+      saved = step % config.checkpoint_every_steps == 0 or last or evaluated
+      if saved:
+        save(step, metrics, eval_result if evaluated else None)
+      if sigterm.event.is_set():
+        if not saved:
+          save(step, metrics)
+        manager.wait_until_finished()
+        writer.close()
+        if is_main:
+          print(f'SIGTERM: saved a checkpoint at step {step} in {manager.directory}; '
+                'run the same command again to resume.', flush=True)
+        raise Preempted(f'preempted at step {step}')
+  if start_step >= total_steps:
+    eval_result = run_eval(start_step)
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  if is_main:
+    print(f'curves: {metric_logging.plot_curves(workdir)}', flush=True)
+  return eval_result

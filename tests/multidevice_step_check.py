@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from inception_jax import config as config_lib
-from inception_jax import models, train
+from inception_jax import models, steps, xla_options
+from inception_jax import sharding as sharding_lib
 
 MODELS = ('googlenet_tiny', 'googlenet_bn_tiny')
 BATCH_SIZE, IMAGE_SIZE, NUM_CLASSES, STEPS = 16, 32, 5, 2
@@ -62,7 +63,7 @@ def _run(step, state, mesh, batches) -> list:
   """Host copies of (state, metrics) after each of `batches`."""
   history = []
   for batch in batches:
-    state, metrics = step(state, jax.device_put(batch, train.batch_sharding(mesh)))
+    state, metrics = step(state, jax.device_put(batch, sharding_lib.batch_sharding(mesh)))
     history.append(jax.device_get((state, metrics)))
   return history
 
@@ -77,16 +78,16 @@ def compare(model_name: str) -> dict[str, float]:
   config = _config(model_name)
   model = models.create_model(model_name, num_classes=NUM_CLASSES,
                               ops=config.model_options.ops)
-  mesh8, mesh1 = train.create_mesh(), train.create_mesh(jax.devices()[:1])
-  state8, sharding8 = train.create_train_state(
+  mesh8, mesh1 = sharding_lib.create_mesh(), sharding_lib.create_mesh(jax.devices()[:1])
+  state8, sharding8 = steps.create_train_state(
       config, model, (1, IMAGE_SIZE, IMAGE_SIZE, 3), mesh8, steps_per_epoch=10)
   replicated = all(x.sharding.is_fully_replicated and len(x.sharding.device_set) == 8
                    for x in jax.tree.leaves(state8))
   initial = jax.device_get(state8)
-  sharding1 = jax.tree.map(lambda _: train.replicated(mesh1), sharding8)
+  sharding1 = jax.tree.map(lambda _: sharding_lib.replicated(mesh1), sharding8)
   other_key = initial.replace(rng=jax.random.key_data(jax.random.key(config.seed + 1)))
-  step8 = train.make_train_step(config, mesh8, sharding8, models.INIT_COMPILER_OPTIONS)
-  step1 = train.make_train_step(config, mesh1, sharding1, models.INIT_COMPILER_OPTIONS)
+  step8 = steps.make_train_step(config, mesh8, sharding8, xla_options.FAST_COMPILE)
+  step1 = steps.make_train_step(config, mesh1, sharding1, xla_options.FAST_COMPILE)
   rng = np.random.default_rng(0)
   batches = [{'image': rng.normal(size=(BATCH_SIZE, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
               'label': rng.integers(0, NUM_CLASSES, BATCH_SIZE).astype(np.int32)}
@@ -136,7 +137,7 @@ def indivisible_batch_error() -> str:
   config = _config('googlenet_tiny')
   config.batch_size = 12
   try:
-    train.make_train_step(config, train.create_mesh(), None)
+    steps.make_train_step(config, sharding_lib.create_mesh(), None)
   except ValueError as error:
     return str(error)
   return ''

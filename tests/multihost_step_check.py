@@ -17,7 +17,8 @@ import numpy as np
 from experiments.configs import default
 from inception_jax import distributed
 from inception_jax import models
-from inception_jax import train
+from inception_jax import steps
+from inception_jax import sharding as sharding_lib
 
 STEPS = 3
 GLOBAL_BATCH = 8
@@ -44,16 +45,16 @@ def main(out: str, process_id: int, num_processes: int, coordinator: str = '') -
   config.process_id = process_id
   config.distributed_timeout_seconds = 60
   distributed.initialize(config)
-  mesh = train.create_mesh()
+  mesh = sharding_lib.create_mesh()
   model = models.create_model(config.model, num_classes=NUM_CLASSES)
-  state, state_sharding = train.create_train_state(
+  state, state_sharding = steps.create_train_state(
       config, model, (1, IMAGE_SIZE, IMAGE_SIZE, 3), mesh, steps_per_epoch=10)
-  step_fn = train.make_train_step(config, mesh, state_sharding)
+  step_fn = steps.make_train_step(config, mesh, state_sharding)
   rows = GLOBAL_BATCH // jax.process_count()
   local = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
   losses = []
   for step in range(STEPS):
-    batch = {k: jax.make_array_from_process_local_data(train.batch_sharding(mesh), v[local])
+    batch = {k: jax.make_array_from_process_local_data(sharding_lib.batch_sharding(mesh), v[local])
              for k, v in global_batch(step).items()}
     state, metrics = step_fn(state, batch)
     losses.append(float(metrics['loss'].addressable_data(0)))

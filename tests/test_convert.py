@@ -20,7 +20,7 @@ from inception_jax import convert
 from inception_jax import evaluation
 from inception_jax import inference
 from inception_jax import models
-from inception_jax import trainer
+from inception_jax import rundir
 
 TORCH_SIZE = 64  # odd sizes after conv1, so the ceil-mode pools matter
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -190,7 +190,7 @@ def test_torchvision_command_writes_a_loadable_run(torch_model, converted, tmp_p
   weights = tmp_path / 'googlenet.pth'
   torch.save(torch_model.state_dict(), weights)
   _convert_cli('torchvision', str(weights), str(tmp_path / 'run'))
-  config = trainer.load_config(tmp_path / 'run')
+  config = rundir.load_config(tmp_path / 'run')
   assert config.model == 'googlenet_bn'
   assert tuple(config.mean_rgb) == tuple(config.std_rgb) == (127.5,) * 3
   loaded = evaluation.load_model(tmp_path / 'run', config)
@@ -206,7 +206,7 @@ def test_torchvision_without_aux_heads_turns_them_off(torch_model, tmp_path):
   config = convert.converted_config('imagenet_bn', variables,
                                     convert.torchvision_mean_std(False))
   assert config.model_options.aux_heads is False
-  convert.check_fits(trainer.build_model(config, 1000), variables, 224)
+  convert.check_fits(rundir.build_model(config, 1000), variables, 224)
 
 
 def test_torchvision_state_dict_errors_name_the_keys(torch_model):

@@ -19,7 +19,7 @@ from experiments.configs import default
 from inception_jax import convert
 from inception_jax import evaluation
 from inception_jax import export
-from inception_jax import trainer
+from inception_jax import rundir
 from helpers import random_variables
 
 IMAGE_SIZE = 32
@@ -37,14 +37,14 @@ def run_dir(tmp_path_factory):
   config.model_options.width = None
   config.image_size = IMAGE_SIZE
   config.mean_rgb, config.std_rgb = MEAN_RGB, STD_RGB
-  model = trainer.build_model(config, len(CLASSES))
+  model = rundir.build_model(config, len(CLASSES))
   variables = random_variables(model, IMAGE_SIZE)
   return convert.write_run(tmp_path_factory.mktemp('run'), config, variables, CLASSES)
 
 
 @pytest.fixture(scope='module')
 def loaded(run_dir):
-  return evaluation.load_model(run_dir, trainer.load_config(run_dir))
+  return evaluation.load_model(run_dir, rundir.load_config(run_dir))
 
 
 @pytest.fixture(scope='module')

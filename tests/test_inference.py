@@ -14,7 +14,7 @@ from inception_jax import convert
 from inception_jax import inference
 from inception_jax import models
 from inception_jax import preprocessing
-from inception_jax import trainer
+from inception_jax import rundir
 from helpers import random_variables
 
 IMAGE_SIZE = 32
@@ -50,7 +50,7 @@ def run_dir(tmp_path_factory, images):
   config.model_options.width = None
   config.image_size = IMAGE_SIZE
   config.eval_resize_ratio = 1.0
-  model = trainer.build_model(config, len(CLASSES))
+  model = rundir.build_model(config, len(CLASSES))
   variables = random_variables(model, IMAGE_SIZE)
   preprocess = preprocessing.EvalPreprocess(IMAGE_SIZE, tuple(config.mean_rgb),
                                             tuple(config.std_rgb), resize_ratio=1.0)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception_jax import layers, models, ops
+from inception_jax import layers, models, ops, xla_options
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -194,7 +194,7 @@ def test_fast_model_equals_xla_model(name):
 
   def grads(model):
     return jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True),
-                   compiler_options=models.INIT_COMPILER_OPTIONS)(variables['params'])
+                   compiler_options=xla_options.FAST_COMPILE)(variables['params'])
 
   (want_loss, (want, want_state)), want_grads = grads(plain)
   (got_loss, (got, got_state)), got_grads = grads(fast)

@@ -1,7 +1,7 @@
 """Tests of inception_jax.train on one device: the loss, the step, evaluation, NaN guard.
 
 The GoogLeNet tests share one compiled step (module-scoped fixture). Steps are
-compiled with `models.INIT_COMPILER_OPTIONS` (XLA backend optimizations off),
+compiled with `xla_options.FAST_COMPILE` (XLA backend optimizations off),
 which cuts compile time on CPU about threefold; results are still bit-for-bit
 reproducible, which is what these tests rely on. Mechanics that need other
 configurations (gradient accumulation, crops) use small stand-in models that
@@ -20,11 +20,14 @@ import orbax.checkpoint as ocp
 import pytest
 
 from inception_jax import config as config_lib
-from inception_jax import models, optim, train
+from inception_jax import models, optim, steps
+from inception_jax import metrics as metrics_lib
+from inception_jax import sharding as sharding_lib
+from inception_jax import xla_options
 
 NUM_CLASSES = 5
 IMAGE_SHAPE = (1, 32, 32, 3)
-FAST = models.INIT_COMPILER_OPTIONS
+FAST = xla_options.FAST_COMPILE
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
@@ -35,7 +38,7 @@ def _config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
-def _copy(state: train.TrainState) -> train.TrainState:
+def _copy(state: steps.TrainState) -> steps.TrainState:
   """A copy with its own buffers, since the compiled step donates its input state."""
   return jax.tree.map(jnp.copy, state)
 
@@ -50,12 +53,12 @@ def tiny():
   """googlenet_tiny's state (seed 0, EMA on), its compiled train and eval steps."""
   config = _config()
   model = models.create_model('googlenet_tiny', num_classes=NUM_CLASSES)
-  mesh = train.create_mesh()
-  state, sharding = train.create_train_state(config, model, IMAGE_SHAPE, mesh, 100)
+  mesh = sharding_lib.create_mesh()
+  state, sharding = steps.create_train_state(config, model, IMAGE_SHAPE, mesh, 100)
   return types.SimpleNamespace(
       config=config, model=model, mesh=mesh, state=state, sharding=sharding,
-      step=train.make_train_step(config, mesh, sharding, FAST),
-      eval_step=train.make_eval_step(mesh, sharding, FAST))
+      step=steps.make_train_step(config, mesh, sharding, FAST),
+      eval_step=steps.make_eval_step(mesh, sharding, FAST))
 
 
 def _norm(tree) -> float:
@@ -79,10 +82,10 @@ LN = math.log
 
 def test_cross_entropy_by_hand():
   logits = jnp.array([[0.0, LN(3)], [0.0, LN(3)]])
-  np.testing.assert_allclose(train.cross_entropy(logits, jnp.array([1, 0])),
+  np.testing.assert_allclose(steps.cross_entropy(logits, jnp.array([1, 0])),
                              [LN(4 / 3), LN(4)], rtol=1e-6)
   # Smoothing 0.2 over 2 classes: targets (0.1, 0.9) for label 1.
-  np.testing.assert_allclose(train.cross_entropy(logits[:1], jnp.array([1]), 0.2),
+  np.testing.assert_allclose(steps.cross_entropy(logits[:1], jnp.array([1]), 0.2),
                              [0.1 * LN(4) + 0.9 * LN(4 / 3)], rtol=1e-6)
 
 
@@ -94,7 +97,7 @@ def _output_with_aux() -> models.ModelOutput:
 
 @pytest.mark.parametrize('aux_weight', [0.3, 1.0])
 def test_loss_weights_each_aux_head_by_aux_weight(aux_weight):
-  loss, terms = train.classification_loss(_output_with_aux(), jnp.array([1]), aux_weight)
+  loss, terms = steps.classification_loss(_output_with_aux(), jnp.array([1]), aux_weight)
   expected = LN(4 / 3) + aux_weight * (LN(2) + LN(4))
   np.testing.assert_allclose(loss, expected, rtol=1e-6)
   np.testing.assert_allclose(terms['loss'], expected, rtol=1e-6)
@@ -104,11 +107,11 @@ def test_loss_weights_each_aux_head_by_aux_weight(aux_weight):
 
 
 def test_zero_aux_weight_or_no_aux_heads_give_the_main_loss_alone():
-  loss, terms = train.classification_loss(_output_with_aux(), jnp.array([1]), 0.0)
+  loss, terms = steps.classification_loss(_output_with_aux(), jnp.array([1]), 0.0)
   assert float(loss) == float(terms['main_loss'])
   np.testing.assert_allclose(terms['aux2_loss'], LN(4), rtol=1e-6)  # still reported
   no_aux = models.ModelOutput(logits=jnp.array([[0.0, LN(3)]]))
-  loss, terms = train.classification_loss(no_aux, jnp.array([1]), 0.3)
+  loss, terms = steps.classification_loss(no_aux, jnp.array([1]), 0.3)
   assert set(terms) == {'loss', 'main_loss'}
   np.testing.assert_allclose(loss, LN(4 / 3), rtol=1e-6)
 
@@ -116,10 +119,10 @@ def test_zero_aux_weight_or_no_aux_heads_give_the_main_loss_alone():
 def test_top_k_correct_by_hand():
   logits = jnp.array([[0.0, 1, 2, 3, 4, 5, 6], [6.0, 5, 4, 3, 2, 1, 0]])
   labels = jnp.array([6, 6])
-  assert train.top_k_correct(logits, labels, 1).tolist() == [True, False]
-  assert train.top_k_correct(logits, labels, 5).tolist() == [True, False]
-  assert train.top_k_correct(logits, jnp.array([1, 1]), 5).tolist() == [False, True]
-  assert train.top_k_correct(logits[:, :3], jnp.array([0, 2]), 5).tolist() == [True, True]
+  assert metrics_lib.top_k_correct(logits, labels, 1).tolist() == [True, False]
+  assert metrics_lib.top_k_correct(logits, labels, 5).tolist() == [True, False]
+  assert metrics_lib.top_k_correct(logits, jnp.array([1, 1]), 5).tolist() == [False, True]
+  assert metrics_lib.top_k_correct(logits[:, :3], jnp.array([0, 2]), 5).tolist() == [True, True]
 
 
 # The step on googlenet_tiny.
@@ -130,7 +133,7 @@ def test_state_is_created_replicated_with_its_parts(tiny):
   assert int(state.step) == 0 and state.batch_stats == {}
   assert state.rng.dtype == jnp.uint32
   for leaf in jax.tree.leaves(state):
-    assert leaf.sharding.is_equivalent_to(train.replicated(tiny.mesh), leaf.ndim)
+    assert leaf.sharding.is_equivalent_to(sharding_lib.replicated(tiny.mesh), leaf.ndim)
   jax.tree.map(np.testing.assert_array_equal, state.ema_params, state.params)
 
 
@@ -166,17 +169,17 @@ def test_dropout_key_is_the_base_key_folded_with_the_step(tiny):
       {'params': params}, images, train=True, rngs={'dropout': rng}))
   output = forward(state.params, batch['image'], key)
   _, metrics = tiny.step(state, batch)
-  expected = train.cross_entropy(output.logits, batch['label']).mean()
+  expected = steps.cross_entropy(output.logits, batch['label']).mean()
   np.testing.assert_allclose(metrics['main_loss'], expected, rtol=1e-5)
   other = forward(tiny.state.params, batch['image'], jax.random.fold_in(key, 1))
-  assert abs(float(train.cross_entropy(other.logits, batch['label']).mean()) - expected) > 1e-4
+  assert abs(float(steps.cross_entropy(other.logits, batch['label']).mean()) - expected) > 1e-4
 
 
 def test_same_seed_is_bit_identical_and_another_seed_differs(tiny):
   first, _ = _run(tiny, _copy(tiny.state), 3)
   second, _ = _run(tiny, _copy(tiny.state), 3)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(first), jax.device_get(second))
-  other_seed, _ = train.create_train_state(_config(seed=1), tiny.model, IMAGE_SHAPE, tiny.mesh,
+  other_seed, _ = steps.create_train_state(_config(seed=1), tiny.model, IMAGE_SHAPE, tiny.mesh,
                                            100)
   assert not np.array_equal(other_seed.rng, tiny.state.rng)
   # Into the fixture's tree structure (the same static fields), so the step is reused.
@@ -204,15 +207,15 @@ def test_nan_input_stops_with_a_clear_error(tiny):
   batch['image'] = batch['image'].at[3, 5, 5, 0].set(jnp.nan)
   _, metrics = tiny.step(_copy(tiny.state), batch)
   with pytest.raises(FloatingPointError, match=r'^step 1: loss is nan; aux1_loss is nan; '):
-    train.check_finite(jax.device_get(metrics), step=1)
+    steps.check_finite(jax.device_get(metrics), step=1)
 
 
 def test_check_finite_names_the_step_and_the_metric():
-  train.check_finite({'loss': 2.0, 'grad_norm': 1.0, 'top1': float('nan')}, step=3)
+  steps.check_finite({'loss': 2.0, 'grad_norm': 1.0, 'top1': float('nan')}, step=3)
   with pytest.raises(FloatingPointError, match=r'^step 12: grad_norm is inf; .*learning_rate'):
-    train.check_finite({'loss': np.float32(2.0), 'grad_norm': np.float32(np.inf)}, step=12)
+    steps.check_finite({'loss': np.float32(2.0), 'grad_norm': np.float32(np.inf)}, step=12)
   with pytest.raises(FloatingPointError, match=r'^step 7: loss is nan'):
-    train.check_finite({'loss': jnp.float32(jnp.nan)}, step=7)
+    steps.check_finite({'loss': jnp.float32(jnp.nan)}, step=7)
 
 
 def test_state_saves_and_restores_whole_with_orbax(tiny, tmp_path):
@@ -234,12 +237,12 @@ def test_the_step_compiled_once(tiny):
 
 def test_a_step_compiled_for_the_abstract_state_trains_the_initialized_one(tiny):
   # What the trainer does: compile from shapes while the state is initialized.
-  initialize, abstract = train.train_state_initializer(tiny.config, tiny.model, IMAGE_SHAPE,
+  initialize, abstract = steps.train_state_initializer(tiny.config, tiny.model, IMAGE_SHAPE,
                                                        tiny.mesh, 100)
   batch = _tiny_batch()
   batch_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=train.batch_sharding(tiny.mesh)), batch)
-  compiled = train.make_train_step(tiny.config, tiny.mesh, train.shardings_of(abstract),
+      x.shape, x.dtype, sharding=sharding_lib.batch_sharding(tiny.mesh)), batch)
+  compiled = steps.make_train_step(tiny.config, tiny.mesh, steps.shardings_of(abstract),
                                    FAST).lower(abstract, batch_spec).compile()
   state = initialize()
   for want, leaf in zip(jax.tree.leaves(abstract), jax.tree.leaves(state), strict=True):
@@ -266,8 +269,8 @@ class _MeanLinear(nn.Module):
 
 
 def _linear_state(config, num_classes: int = 7, image_size: int = 4):
-  mesh = train.create_mesh()
-  state, sharding = train.create_train_state(config, _MeanLinear(num_classes),
+  mesh = sharding_lib.create_mesh()
+  state, sharding = steps.create_train_state(config, _MeanLinear(num_classes),
                                              (1, image_size, image_size, 3), mesh, 10)
   return state, sharding, mesh
 
@@ -297,7 +300,7 @@ def test_eval_step_averages_softmax_over_crops_and_counts_masked_in_examples(cro
   batch = {'image': rng.normal(scale=3.0, size=shape).astype(np.float32),
            'label': rng.integers(0, 7, 8).astype(np.int32),
            'mask': np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)}
-  got = jax.device_get(train.make_eval_step(mesh, sharding)(state, batch))
+  got = jax.device_get(steps.make_eval_step(mesh, sharding)(state, batch))
   expected = _numpy_eval(ema, batch['image'], batch['label'], batch['mask'])  # EMA params
   assert set(got) == set(expected)
   for name, value in expected.items():
@@ -313,8 +316,8 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
                    ema_decay=0.5, aux_weight=0.0, batch_size=4)
   accumulated, sharding_k, mesh = _linear_state(_config(grad_accum_steps=2, **overrides))
   whole, sharding_1, _ = _linear_state(_config(**overrides))
-  step_k = train.make_train_step(_config(grad_accum_steps=2, **overrides), mesh, sharding_k)
-  step_1 = train.make_train_step(_config(**overrides), mesh, sharding_1)
+  step_k = steps.make_train_step(_config(grad_accum_steps=2, **overrides), mesh, sharding_k)
+  step_1 = steps.make_train_step(_config(**overrides), mesh, sharding_1)
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(8, 4, 4, 3)).astype(np.float32),
            'label': rng.integers(0, 7, 8).astype(np.int32)}

@@ -19,7 +19,8 @@ from inception_jax import config as config_lib
 from inception_jax import evaluation
 from inception_jax import finetune
 from inception_jax import metric_logging
-from inception_jax import trainer
+from inception_jax import rundir
+from inception_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -70,7 +71,7 @@ def trained(tmp_path_factory, data_dir):
   """One uninterrupted run: (config, workdir, final eval metrics)."""
   workdir = tmp_path_factory.mktemp('run')
   config = tiny_config(data_dir)
-  result = trainer.train_and_evaluate(config, workdir)
+  result = train.train_and_evaluate(config, workdir)
   return config, workdir, result
 
 
@@ -183,13 +184,13 @@ def test_checkpoint_of_another_model_is_refused(trained):
   config, workdir, _ = trained
   other = tiny_config(pathlib.Path(config.data_dir), model='googlenet_bn_tiny')
   with pytest.raises(checkpointing.CheckpointMismatchError, match='googlenet_bn_tiny'):
-    trainer.train_and_evaluate(other, workdir)
+    train.train_and_evaluate(other, workdir)
 
 
 def test_finetune_loads_backbone_and_reinitializes_classifiers(trained):
   _, workdir, _ = trained
   source = final_params(workdir)
-  model = trainer.build_model(tiny_config(pathlib.Path('.')), 4)
+  model = rundir.build_model(tiny_config(pathlib.Path('.')), 4)
   fresh = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3),
                                                                         np.float32),
                                             train=False))['params']
@@ -212,7 +213,7 @@ def test_finetune_loads_backbone_and_reinitializes_classifiers(trained):
 def test_finetune_refuses_other_mismatches(trained):
   _, workdir, _ = trained
   source = final_params(workdir)
-  wider = trainer.build_model(tiny_config(pathlib.Path('.')), 10).clone(width=0.25)
+  wider = rundir.build_model(tiny_config(pathlib.Path('.')), 10).clone(width=0.25)
   fresh = jax.eval_shape(lambda: wider.init(jax.random.key(0), np.zeros((1, 32, 32, 3),
                                                                         np.float32),
                                             train=False))['params']
@@ -235,6 +236,6 @@ def test_unknown_config_field_is_an_error_that_names_it():
     '[a-z]*.py')))
 def test_every_experiment_config_loads_and_builds_its_model(name):
   config = config_lib.load(ROOT / 'experiments' / 'configs' / f'{name}.py')
-  model = trainer.build_model(config, 10)
+  model = rundir.build_model(config, 10)
   assert model.num_classes == 10
   assert config.batch_size % 8 == 0  # splits over 8 devices

@@ -1,0 +1,53 @@
+"""A run directory: its `config.json`, the model it describes and what its checkpoints record.
+
+The training loop writes these; evaluation, prediction, export, conversion and
+fine-tuning read them back, so they live here, below all of them.
+"""
+
+import json
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from inception_jax import checkpointing
+from inception_jax import input_pipeline
+from inception_jax import models
+
+CONFIG_FILE = 'config.json'
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.GoogLeNet:
+  """The model the config names, for `num_classes` classes."""
+  options = {k: v for k, v in config.model_options.to_dict().items() if v is not None}
+  return models.create_model(config.model, num_classes=num_classes, dtype=config.dtype,
+                             **options)
+
+
+def checkpoint_meta(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo
+                    ) -> dict[str, Any]:
+  """What a checkpoint records about the model that wrote it."""
+  return {'model': config.model, 'model_options': config.model_options.to_dict(),
+          'num_classes': info.num_classes, 'image_size': config.image_size,
+          'dataset': info.name, 'class_names': list(info.class_names)}
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
+  """Writes the resolved config as `workdir/config.json` (read back by `load_config`)."""
+  with open(pathlib.Path(workdir) / CONFIG_FILE, 'w') as f:
+    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The resolved config a run saved in its work directory."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f'{path} not found: pass --config with the run\'s config file.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def workdir_of(path: str | pathlib.Path) -> pathlib.Path:
+  """The run directory (holding config.json) of a work dir or checkpoint path."""
+  root, _ = checkpointing.find_checkpoint(path)
+  return root.parent
