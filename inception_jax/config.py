@@ -97,8 +97,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.init_from_reinit = ''  # regex of extra param paths allowed to stay fresh
   config.freeze_backbone = False
 
-  # Several processes (see inception_jax/distributed.py): set all three, or none on
-  # Cloud TPU VMs and SLURM, where JAX detects them.
+  # Several processes (see inception_jax/distributed.py). 'auto': when the three
+  # fields below are set or JAX detects a cluster (TPU pods, SLURM, mpirun, k8s).
+  config.distributed = 'auto'  # 'auto', 'on' or 'off'
   config.coordinator_address = ''  # host:port of process 0
   config.num_processes = 0  # 0 = detect
   config.process_id = -1  # -1 = detect

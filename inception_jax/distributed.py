@@ -1,10 +1,13 @@
 """Multi-process start-up: `jax.distributed.initialize` when a run spans several processes.
 
-A single-process run never initializes it. A multi-process run is recognized from
-the config (`coordinator_address`, `num_processes`, `process_id`) or from the
-cluster's environment: Cloud TPU VM slices with several workers, SLURM jobs with
-several tasks, or JAX's own `JAX_COORDINATOR_ADDRESS`. On those clusters JAX
-detects the coordinator, process count and index itself.
+`config.distributed` decides: 'off' never initializes; 'on' always does (JAX finds
+the coordinator, process count and index from the cluster, or from the
+`coordinator_address`/`num_processes`/`process_id` fields); 'auto' (the default)
+initializes when those fields or `JAX_COORDINATOR_ADDRESS` are set, or when JAX's
+own cluster detection finds a cluster of several processes: Cloud TPU VM pod
+slices (through the GCE metadata server), GKE TPU jobs, SLURM job steps, Open MPI
+(`mpirun`) and Kubernetes jobs. A cluster of one process is left uninitialized, so
+that a single-task job keeps every local device.
 
 A peer that never arrives makes `initialize` fail after
 `config.distributed_timeout_seconds` on the others; a peer that dies later is
@@ -21,17 +24,46 @@ import jax
 import ml_collections
 from orbax.checkpoint import multihost
 
+from inception_jax import config as config_lib
+
+MODES = ('auto', 'on', 'off')
+
+
+class DistributedConfigError(config_lib.ConfigError):
+  """`config.distributed` asks for something the environment cannot give."""
+
+
+def detected_process_count() -> int | None:
+  """The process count JAX's cluster detection finds in this environment; None if none.
+
+  JAX has no public call that detects a cluster without joining it, so this asks
+  the detection `jax.distributed.initialize` itself runs (a private module) with a
+  placeholder coordinator, which skips the coordinator look-up. Where that module
+  differs (another JAX release), None: 'auto' then relies on explicit settings.
+  """
+  try:
+    from jax._src import clusters  # pylint: disable=import-outside-toplevel
+    _, count, _, _ = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+        'unused:0', None, None, [], None, None)
+  except (ImportError, AttributeError, TypeError):
+    return None
+  return count
+
 
 def is_multiprocess(config: ml_collections.ConfigDict,
                     environ: Mapping[str, str] = os.environ) -> bool:
-  """Whether this run spans several processes and needs `jax.distributed`."""
+  """Whether this run must call `jax.distributed.initialize` (see the module docstring)."""
+  mode = config.distributed
+  if mode not in MODES:
+    raise DistributedConfigError(
+        f"config.distributed={mode!r}; use 'auto', 'on' or 'off'.")
+  if mode != 'auto':
+    return mode == 'on'
   if config.coordinator_address or config.num_processes > 1:
     return True
   if environ.get('JAX_COORDINATOR_ADDRESS'):
     return True
-  if int(environ.get('SLURM_NTASKS', '1')) > 1:
-    return True
-  return len([h for h in environ.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1
+  return (detected_process_count() or 1) > 1
 
 
 def initialize(config: ml_collections.ConfigDict) -> None:
@@ -41,12 +73,19 @@ def initialize(config: ml_collections.ConfigDict) -> None:
   """
   if not is_multiprocess(config):
     return
-  jax.distributed.initialize(
-      coordinator_address=config.coordinator_address or None,
-      num_processes=config.num_processes if config.num_processes > 0 else None,
-      process_id=config.process_id if config.process_id >= 0 else None,
-      initialization_timeout=config.distributed_timeout_seconds,
-      heartbeat_timeout_seconds=config.distributed_timeout_seconds)
+  try:
+    jax.distributed.initialize(
+        coordinator_address=config.coordinator_address or None,
+        num_processes=config.num_processes if config.num_processes > 0 else None,
+        process_id=config.process_id if config.process_id >= 0 else None,
+        initialization_timeout=config.distributed_timeout_seconds,
+        heartbeat_timeout_seconds=config.distributed_timeout_seconds)
+  except ValueError as e:
+    raise DistributedConfigError(
+        f'config.distributed={config.distributed!r} but JAX found no cluster (a SLURM job '
+        'step, mpirun, a Cloud TPU VM pod, a Kubernetes job) and not all of '
+        'coordinator_address, num_processes and process_id are set '
+        f'({e}). Set them, or run with --config.distributed=off.') from e
 
 
 def wait_for_all_processes(name: str, timeout_seconds: int) -> None:
