@@ -133,9 +133,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   """Parses `argv` (default: sys.argv[1:]) and runs the chosen command."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow feeds data, quietly
   logging.set_verbosity(logging.INFO)
-  if argv is None and sys.argv[1:2] in (['train'], ['benchmark']):
+  if (argv is None and sys.argv[1:2] in (['train'], ['benchmark'])
+      and host_memory.jax_runs_on_cpu()):
     # The process runs this command line alone: start it again with huge pages
-    # for XLA's per-step buffers (glibc reads the setting only at start-up). The
+    # for XLA's per-step CPU buffers (glibc reads the setting only at start-up). The
     # benchmark runs as the trainer does, its torch peers under the same setting.
     host_memory.restart_with_huge_pages()
   argv = sys.argv[1:] if argv is None else list(argv)

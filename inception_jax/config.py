@@ -40,7 +40,8 @@ def get_base_config() -> ml_collections.ConfigDict:
       # (inception_jax/ops.py: same parameters and results) or 'xla' (XLA's own kernels).
       'ops': placeholder(str),
   })
-  config.dtype = 'float32'  # compute dtype; parameters stay float32
+  # Compute dtype; parameters stay float32. 'auto': float32 on CPU, bfloat16 on GPU/TPU.
+  config.dtype = 'float32'
   config.aux_weight = 0.3  # weight of each auxiliary classifier's loss
   config.label_smoothing = 0.0
 

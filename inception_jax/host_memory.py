@@ -2,6 +2,7 @@
 
 import ctypes
 import ctypes.util
+import importlib.util
 import os
 import sys
 from typing import Mapping
@@ -51,6 +52,22 @@ def environment_with_huge_pages(
   if any(t.split('=')[0] == 'glibc.malloc.hugetlb' for t in tunables.split(':')):
     return None
   return {**env, 'GLIBC_TUNABLES': ':'.join(filter(None, [tunables, HUGE_PAGES_TUNABLE]))}
+
+
+ACCELERATOR_PLUGINS = ('libtpu', 'jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
+                       'jax_rocm7_plugin')
+
+
+def jax_runs_on_cpu(env: Mapping[str, str] = os.environ) -> bool:
+  """Whether JAX will compute on the CPU, told before JAX is imported.
+
+  `JAX_PLATFORMS` decides when set; otherwise an installed accelerator plugin
+  (libtpu, the CUDA or ROCm plugins) means JAX will pick that accelerator.
+  """
+  platforms = env.get('JAX_PLATFORMS', '')
+  if platforms:
+    return platforms.split(',')[0] == 'cpu'
+  return not any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS)
 
 
 def restart_with_huge_pages() -> None:

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from absl import logging
 import jax
 import ml_collections
+import numpy as np
 
 from inception_jax import checkpointing
 from inception_jax import distributed
@@ -125,7 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if is_main:
     print(f'{config.model} on {info.name}: {total_steps} steps of {config.batch_size} '
           f'({steps_per_epoch} per epoch) on {jax.device_count()} {jax.default_backend()} '
-          f'device(s), {ops.resolve(model.ops)} kernels; work directory {workdir.absolute()}'
+          f'device(s), {ops.resolve(model.ops)} kernels, {np.dtype(model.dtype).name} compute; '
+          f'work directory {workdir.absolute()}'
           + (f'; resuming at step {start_step}' if start_step else ''), flush=True)
     if compile_s is not None:
       print(f'compiled the training step in {compile_s:.1f} s', flush=True)

@@ -112,3 +112,17 @@ def test_the_train_command_runs_with_huge_pages(tmp_path):
                        env=_environment_without_tunables(), capture_output=True, text=True,
                        timeout=120, check=False)
   assert f'tunables {_HUGE}' in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize('env, plugins, expected', [
+    ({'JAX_PLATFORMS': 'cpu'}, {'libtpu'}, True),
+    ({'JAX_PLATFORMS': 'cuda,cpu'}, set(), False),
+    ({'JAX_PLATFORMS': 'tpu'}, set(), False),
+    ({}, set(), True),
+    ({}, {'libtpu'}, False),
+    ({}, {'jax_cuda12_plugin'}, False),
+])
+def test_jax_runs_on_cpu(monkeypatch, env, plugins, expected):
+  monkeypatch.setattr(host_memory.importlib.util, 'find_spec',
+                      lambda name: object() if name in plugins else None)
+  assert host_memory.jax_runs_on_cpu(env) is expected

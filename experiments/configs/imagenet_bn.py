@@ -15,6 +15,7 @@ from experiments.configs import imagenet_paper
 def get_config() -> ml_collections.ConfigDict:
   config = imagenet_paper.get_config()  # data set, 224, batch 1024, logging
   config.model = 'googlenet_bn'
+  config.dtype = 'auto'  # float32 on CPU, bfloat16 on GPUs and TPUs
   config.color_distortion = False
   config.random_resize_method = False
   config.recipe = 'modern'

@@ -21,6 +21,7 @@ from inception_jax import config as base
 def get_config() -> ml_collections.ConfigDict:
   config = base.get_base_config()
   config.model = 'googlenet'
+  config.dtype = 'auto'  # float32 on CPU, bfloat16 on GPUs and TPUs
   config.dataset = 'imagenet2012'
   config.eval_split = 'validation'
   config.image_size = 224
