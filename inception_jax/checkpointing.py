@@ -30,6 +30,19 @@ class Restored:
   meta: dict[str, Any]
 
 
+class _Manager(ocp.CheckpointManager):
+  """orbax's manager, leaving JAX's preemption sync point to the training loop.
+
+  JAX agrees on the preemption step from the last step each process reported.
+  orbax's manager reports steps too, also from its background thread after a
+  save, which can move that point behind the loop's step so that it is never
+  reached. The loop reports every step itself (`preemption.PreemptionWatch`).
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    return False
+
+
 def create_manager(directory: str | pathlib.Path, keep: int = 3,
                    read_only: bool = False) -> ocp.CheckpointManager:
   """A manager keeping the newest `keep` checkpoints plus the best by eval top-1."""
@@ -40,8 +53,8 @@ def create_manager(directory: str | pathlib.Path, keep: int = 3,
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, read_only=read_only,
                                          enable_async_checkpointing=not read_only)
-  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
-                               item_names=('state', 'meta'))
+  return _Manager(pathlib.Path(directory).absolute(), options=options,
+                  item_names=('state', 'meta'))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any],

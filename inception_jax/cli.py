@@ -1,8 +1,9 @@
 """The command line: `python -m inception_jax <command> [options]`.
 
-Output: progress and results are printed to stdout; diagnostics (warnings, what
-was skipped or resumed) go through absl logging to stderr, shown from INFO up.
-Process-wide settings (log levels, huge pages, TensorFlow kept off the GPUs) are
+Output: progress, results and what a run resumed or re-initialized are printed to
+stdout; warnings (bad images, damaged checkpoints, options left out) go through
+absl logging to stderr, whose default level (WARNING) keeps the libraries' INFO
+lines out. Process-wide settings (log levels, huge pages, TensorFlow kept off the GPUs) are
 made here, at the program's start, never when a module is imported.
 """
 
@@ -13,8 +14,6 @@ import os
 import pathlib
 import sys
 from typing import Sequence
-
-from absl import logging
 
 from inception_jax import config as config_lib
 from inception_jax import host_memory
@@ -132,7 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
   """Parses `argv` (default: sys.argv[1:]) and runs the chosen command."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow feeds data, quietly
-  logging.set_verbosity(logging.INFO)
   if (argv is None and sys.argv[1:2] in (['train'], ['benchmark'])
       and host_memory.jax_runs_on_cpu()):
     # The process runs this command line alone: start it again with huge pages

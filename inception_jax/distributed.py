@@ -95,6 +95,9 @@ def wait_for_all_processes(name: str, timeout_seconds: int) -> None:
   configurable: a process that compiles or restores much faster than the others
   would fail at its first step ("Gloo context initialization failed"). A barrier
   on the coordination service before the first step, with the run's own timeout,
-  lets the others catch up. `name` must be new to the run.
+  lets the others catch up. `name` must be new to the run. Naming every process
+  makes orbax wait in the coordination service's barrier, whose timeout applies
+  (without it, an untimed collective).
   """
-  multihost.sync_global_processes(name, timeout=timeout_seconds)
+  multihost.sync_global_processes(name, timeout=timeout_seconds,
+                                  processes=set(range(jax.process_count())))

@@ -3,18 +3,16 @@
 Resumes from the newest checkpoint in `workdir/checkpoints` (falling back past a
 damaged one); otherwise starts fresh, or from `config.init_from` for
 fine-tuning. Evaluates periodically over the whole held-out split, saves every
-`checkpoint_every_steps` and at the end, and on SIGTERM saves the current step
-and returns. Only process 0 prints and writes logs; every process checkpoints.
+`checkpoint_every_steps` and at the end, and on SIGTERM (to any process) every
+process saves the same step and the run stops (`preemption`). Only process 0
+prints and writes logs; every process checkpoints.
 """
 
 import concurrent.futures
 import pathlib
-import signal
-import threading
 import time
 from typing import Any, Iterator
 
-from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -27,6 +25,7 @@ from inception_jax import input_pipeline
 from inception_jax import metric_logging
 from inception_jax import ops
 from inception_jax import optim
+from inception_jax import preemption
 from inception_jax import rundir
 from inception_jax import sharding
 from inception_jax import steps
@@ -36,21 +35,16 @@ class Preempted(Exception):
   """Training stopped on SIGTERM after saving a checkpoint."""
 
 
-class _SigtermFlag:
-  """Sets itself on SIGTERM (what a Cloud TPU VM sends before preemption)."""
-
-  def __init__(self):
-    self.event = threading.Event()
-    self._previous = None
-
-  def __enter__(self) -> '_SigtermFlag':
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
-    return self
-
-  def __exit__(self, *exc) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+def _stopped(step: int | None, manager: Any, is_main: bool, started: bool) -> None:
+  """Raises Preempted for a run stopped by SIGTERM with its newest checkpoint at `step`."""
+  if is_main:
+    if started:
+      print(f'SIGTERM: saved a checkpoint at step {step} in {manager.directory}; '
+            'run the same command again to resume.', flush=True)
+    else:
+      print(f'SIGTERM before the first step: nothing new to save (newest checkpoint: '
+            f'{step}); run the same command again to resume.', flush=True)
+  raise Preempted(f'preempted at step {step}')
 
 
 def evaluate(eval_step: Any, state: Any, batches: Iterator[dict[str, jax.Array]]
@@ -72,11 +66,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   Raises Preempted after saving a checkpoint when SIGTERM arrives.
   """
+  watch = preemption.PreemptionWatch()  # before JAX's handler, for early signals
+  try:
+    return _train_and_evaluate(config, pathlib.Path(workdir), watch)
+  finally:
+    watch.close()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                        watch: preemption.PreemptionWatch) -> dict[str, float]:
   distributed.initialize(config)
-  workdir = pathlib.Path(workdir)
   is_main = jax.process_index() == 0
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
+  manager = checkpointing.create_manager(workdir / 'checkpoints', config.keep_checkpoints)
+  if watch.start(manager.latest_step() or 0):
+    manager.close()
+    _stopped(manager.latest_step(), manager, is_main, started=False)
+  if is_main:
     rundir.save_config(config, workdir)
   info = input_pipeline.get_dataset_info(config)
   mesh = sharding.create_mesh()
@@ -92,14 +99,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       config, model, image_shape, mesh, steps_per_epoch, trainable_mask)
   state_sharding = steps.shardings_of(abstract_state)
   meta = rundir.checkpoint_meta(config, info)
-  manager = checkpointing.create_manager(workdir / 'checkpoints', config.keep_checkpoints)
 
   def initial_state() -> steps.TrainState:
     restored = checkpointing.restore_latest(
         manager, abstract_state,
         {k: meta[k] for k in ('model', 'model_options', 'num_classes', 'image_size')})
     if restored is not None:
-      logging.info('resumed from step %d in %s', restored.step, manager.directory)
       return restored.state
     if config.init_from:
       return finetune.init_from_checkpoint(initialize(), config.init_from, config)
@@ -149,43 +154,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                      config.distributed_timeout_seconds)
   eval_result: dict[str, float] = {}
   window_start, window_steps = time.time(), 0
-  with _SigtermFlag() as sigterm:
-    for step in range(start_step + 1, total_steps + 1):
-      state, metrics = train_step(state, next(batches))
-      if step == start_step + 1:  # warm-up (first touches of memory): not in the throughput
-        jax.block_until_ready(metrics)
-        if is_main:
-          print(f'first step took {time.time() - window_start:.1f} s', flush=True)
-        window_start, window_steps = time.time(), 0
-      else:
-        window_steps += 1
-      last = step == total_steps
-      if step % config.log_every_steps == 0 or last:
-        scalars = sharding.fetch(metrics)
-        steps.check_finite(scalars, step)
-        elapsed = time.time() - window_start
-        writer.write(step, {f'train_{k}': float(v) for k, v in scalars.items()})
-        if is_main and window_steps:
-          print(metric_logging.progress_line(
-              step, total_steps, steps_per_epoch, scalars,
-              window_steps * config.batch_size / elapsed,
-              (total_steps - step) * elapsed / window_steps), flush=True)
-        window_start, window_steps = time.time(), 0
-      evaluated = step % config.eval_every_steps == 0 or last
-      if evaluated:
-        eval_result = run_eval(step)
-      saved = step % config.checkpoint_every_steps == 0 or last or evaluated
-      if saved:
-        save(step, metrics, eval_result if evaluated else None)
-      if sigterm.event.is_set():
-        if not saved:
-          save(step, metrics)
-        manager.wait_until_finished()
-        writer.close()
-        if is_main:
-          print(f'SIGTERM: saved a checkpoint at step {step} in {manager.directory}; '
-                'run the same command again to resume.', flush=True)
-        raise Preempted(f'preempted at step {step}')
+  for step in range(start_step + 1, total_steps + 1):
+    state, metrics = train_step(state, next(batches))
+    if step == start_step + 1:  # warm-up (first touches of memory): not in the throughput
+      jax.block_until_ready(metrics)
+      if is_main:
+        print(f'first step took {time.time() - window_start:.1f} s', flush=True)
+      window_start, window_steps = time.time(), 0
+    else:
+      window_steps += 1
+    last = step == total_steps
+    if step % config.log_every_steps == 0 or last:
+      scalars = sharding.fetch(metrics)
+      steps.check_finite(scalars, step)
+      elapsed = time.time() - window_start
+      writer.write(step, {f'train_{k}': float(v) for k, v in scalars.items()})
+      if is_main and window_steps:
+        print(metric_logging.progress_line(
+            step, total_steps, steps_per_epoch, scalars,
+            window_steps * config.batch_size / elapsed,
+            (total_steps - step) * elapsed / window_steps), flush=True)
+      window_start, window_steps = time.time(), 0
+    evaluated = step % config.eval_every_steps == 0 or last
+    if evaluated:
+      eval_result = run_eval(step)
+    saved = step % config.checkpoint_every_steps == 0 or last or evaluated
+    if saved:
+      save(step, metrics, eval_result if evaluated else None)
+    if watch.reached(step):
+      if not saved:
+        save(step, metrics)
+      manager.wait_until_finished()
+      manager.close()
+      writer.close()
+      _stopped(step, manager, is_main, started=True)
   if start_step >= total_steps:
     eval_result = run_eval(start_step)
   manager.wait_until_finished()
