@@ -54,7 +54,8 @@ def create_manager(directory: str | pathlib.Path, keep: int = 3,
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, read_only=read_only,
                                          enable_async_checkpointing=not read_only)
   return _Manager(pathlib.Path(directory).absolute(), options=options,
-                  item_names=('state', 'meta'))
+                  item_handlers={'state': ocp.StandardCheckpointHandler(),
+                                 'meta': ocp.JsonCheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any],
@@ -139,10 +140,11 @@ def find_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, int | None]
 
 
 def load_raw(path: str | pathlib.Path) -> Restored:
-  """Reads a checkpoint without a target structure (arrays on the default device).
+  """Reads a checkpoint without a target structure, onto this process's first device.
 
   For fine-tuning and evaluation, where the saved tree need not match the
-  current model. `path` as for `find_checkpoint`.
+  current model, and the checkpoint may come from another topology (a pod's
+  processes and devices). `path` as for `find_checkpoint`.
   """
   root, step = find_checkpoint(path)
   manager = create_manager(root, read_only=True)
@@ -150,7 +152,11 @@ def load_raw(path: str | pathlib.Path) -> Restored:
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f'{root} holds no checkpoint steps.')
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                           meta=ocp.args.JsonRestore()))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+      manager.item_metadata(step)['state'])
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
   manager.close()
   return Restored(state=restored['state'], step=step, meta=restored['meta'])

@@ -307,8 +307,10 @@ def resolve_dtype(name: str, platform: str | None = None) -> str:
 def create_model(name: str, **options: Any) -> GoogLeNet:
   """Builds a named variant; `options` override its fields (e.g. num_classes=10).
 
-  `dtype` may be given as a string ('auto', 'float32', 'bfloat16', 'float16').
+  An option given as None keeps the variant's value. `dtype` may be given as a
+  string ('auto', 'float32', 'bfloat16', 'float16').
   """
+  options = {k: v for k, v in options.items() if v is not None}
   if name not in MODELS:
     raise ValueError(f'unknown model {name!r}; choose one of {sorted(MODELS)}.')
   if isinstance(options.get('dtype'), str):

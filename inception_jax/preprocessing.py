@@ -397,7 +397,8 @@ class EvalPreprocess:
 
   def __post_init__(self):
     if self.crops not in config_lib.CROPS:
-      raise ValueError(f'crops={self.crops}; use one of {config_lib.CROPS}.')
+      *others, last = config_lib.CROPS
+      raise ValueError(f'crops={self.crops}; use {", ".join(map(str, others))} or {last}.')
     eval_side(self.image_size, self.resize_ratio)
 
   @property

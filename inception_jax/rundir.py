@@ -19,9 +19,8 @@ CONFIG_FILE = 'config.json'
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.GoogLeNet:
   """The model the config names, for `num_classes` classes."""
-  options = {k: v for k, v in config.model_options.to_dict().items() if v is not None}
   return models.create_model(config.model, num_classes=num_classes, dtype=config.dtype,
-                             **options)
+                             **config.model_options.to_dict())
 
 
 def checkpoint_meta(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo
