@@ -69,9 +69,10 @@ def is_multiprocess(config: ml_collections.ConfigDict,
 def initialize(config: ml_collections.ConfigDict) -> None:
   """Calls `jax.distributed.initialize` when the run is multi-process; else nothing.
 
-  Must run before anything asks JAX for its devices.
+  Must run before anything asks JAX for its devices; a no-op where the caller has
+  initialized `jax.distributed` already.
   """
-  if not is_multiprocess(config):
+  if jax.distributed.is_initialized() or not is_multiprocess(config):
     return
   try:
     jax.distributed.initialize(

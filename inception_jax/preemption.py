@@ -32,7 +32,9 @@ class PreemptionWatch:
   def __init__(self):
     self._flag = threading.Event()
     self._previous: Any = None
-    if threading.current_thread() is threading.main_thread():
+    # Where JAX's handler is already in place, a Python one would replace it.
+    if (threading.current_thread() is threading.main_thread()
+        and not jax.distributed.is_initialized()):
       self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
 
   def _coordinated(self) -> bool:

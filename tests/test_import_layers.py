@@ -17,7 +17,7 @@ LAYERS = (
     ('base', {'config', 'host_memory', 'compilation_cache', 'xla_options', 'caffe_pb2'}),
     ('model layers', {'ops', 'layers'}),
     ('model', {'models', 'summary', 'metrics'}),
-    ('sharding', {'sharding', 'distributed'}),
+    ('sharding', {'sharding', 'distributed', 'preemption'}),
     ('data', {'preprocessing', 'datasets', 'input_pipeline'}),
     ('step', {'optim', 'steps'}),
     ('run directory', {'checkpointing', 'rundir', 'finetune', 'metric_logging'}),
