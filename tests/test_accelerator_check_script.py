@@ -18,6 +18,7 @@ def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
                         text=True, timeout=timeout, check=False)
 
 
+@pytest.mark.slow
 def test_dry_run_checks_every_step_on_cpu():
   done = _run('--dry-run', timeout=240)
   out = done.stdout
