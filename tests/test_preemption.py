@@ -178,6 +178,7 @@ def test_sigterm_saves_one_agreed_step_and_resumes_bit_identical(setting, tmp_pa
   run.processes[0].wait_for_line('step 15/')
   _stop_and_check(run, signals)
   saved = _newest_complete_step(tmp_path / 'run')
+  print(f'saved step {saved}')
   assert 15 <= saved < STEPS, saved
   assert f'SIGTERM: saved a checkpoint at step {saved}' in run.processes[0].output()
   _resume_to_the_end(tmp_path / 'run', data_dir, cache, saved, reference)
@@ -198,5 +199,6 @@ def test_sigterm_while_a_resumed_run_starts(setting, tmp_path):
   _stop_and_check(run, ((0, 1),))
   assert not any(line.startswith('step ') for line in run.processes[0].lines)
   stopped = _newest_complete_step(tmp_path / 'run')
+  print(f'newest step {stopped}')
   assert stopped in (saved, saved + 1), stopped
   _resume_to_the_end(tmp_path / 'run', data_dir, cache, stopped, reference)
