@@ -132,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Parses `argv` (default: sys.argv[1:]) and runs the chosen command."""
-  # gs:// paths go through fsspec (gcsfs), as orbax's do, not TensorFlow's GCS client
-  # (etils reads this once, at the first gs:// path operation: set it before any).
-  os.environ.setdefault('EPATH_USE_TF', 'false')
+  if importlib.util.find_spec('gcsfs') is not None:
+    # gs:// paths (work directories, tfds metadata) go through fsspec/gcsfs, the tested
+    # route, rather than TensorFlow's GCS client; without gcsfs epath keeps TensorFlow's.
+    # etils reads this once, at the first gs:// path operation: set it before any.
+    os.environ.setdefault('EPATH_USE_TF', 'false')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow feeds data, quietly
   if (argv is None and sys.argv[1:2] in (['train'], ['benchmark'])
       and host_memory.jax_runs_on_cpu()):

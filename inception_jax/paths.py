@@ -6,9 +6,10 @@ curves, exported artifacts) goes through `as_path`, never through pathlib or
 
 epath reaches gs:// through TensorFlow's GCS client unless the environment
 variable EPATH_USE_TF is 'false' when the process first touches a gs:// path
-(etils reads it once); then it goes through fsspec (gcsfs), as orbax's own
-metadata files do. The command line sets it (`cli.main`); programs calling the
-library directly should set it first thing too.
+(etils reads it once); then it goes through fsspec (gcsfs). The command line
+sets it where gcsfs is installed (`cli.main`); programs calling the library
+directly should set it first thing too. orbax writes its arrays through
+tensorstore, which has its own GCS client.
 """
 
 import os
