@@ -4,16 +4,20 @@ Each step directory holds two items: ``state`` (the train state pytree, saved
 asynchronously by every process) and ``meta`` (model name, classes, image size,
 data set). Kept: the newest `keep` checkpoints plus the best one by evaluation
 top-1. A damaged newest checkpoint is reported and the previous good one used.
+Directories are local paths or URIs orbax supports, such as gs://bucket/run
+(`paths.as_path`).
 """
 
 import dataclasses
-import pathlib
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+
+from inception_jax import paths
 
 BEST_METRIC = 'eval_top1'
 
@@ -43,7 +47,7 @@ class _Manager(ocp.CheckpointManager):
     return False
 
 
-def create_manager(directory: str | pathlib.Path, keep: int = 3,
+def create_manager(directory: paths.PathLike, keep: int = 3,
                    read_only: bool = False) -> ocp.CheckpointManager:
   """A manager keeping the newest `keep` checkpoints plus the best by eval top-1."""
   policy = checkpoint_managers.AnyPreservationPolicy([
@@ -53,7 +57,7 @@ def create_manager(directory: str | pathlib.Path, keep: int = 3,
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, read_only=read_only,
                                          enable_async_checkpointing=not read_only)
-  return _Manager(pathlib.Path(directory).absolute(), options=options,
+  return _Manager(paths.as_path(directory), options=options,
                   item_handlers={'state': ocp.StandardCheckpointHandler(),
                                  'meta': ocp.JsonCheckpointHandler()})
 
@@ -114,7 +118,7 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
   """Renames damaged step folders to `<step>.damaged`, so training can save those steps again."""
   if steps and jax.process_index() == 0:
     for step in steps:
-      folder = pathlib.Path(manager.directory) / str(step)
+      folder = epath.Path(manager.directory) / str(step)
       target = folder.with_name(f'{step}.damaged')
       folder.rename(target)
       logging.warning('moved the damaged checkpoint %s aside to %s.', folder, target)
@@ -122,12 +126,12 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     manager.reload()
 
 
-def find_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, int | None]:
+def find_checkpoint(path: paths.PathLike) -> tuple[epath.Path, int | None]:
   """Resolves a work directory, its checkpoints/ folder or one step folder.
 
   Returns (checkpoint root, step or None for the newest).
   """
-  path = pathlib.Path(path).absolute()
+  path = paths.as_path(path)
   if (path / 'checkpoints').is_dir():
     return path / 'checkpoints', None
   if (path / 'state').is_dir() and path.name.isdigit():
@@ -139,7 +143,7 @@ def find_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, int | None]
       'folder, or one step folder inside it.')
 
 
-def load_raw(path: str | pathlib.Path) -> Restored:
+def load_raw(path: paths.PathLike) -> Restored:
   """Reads a checkpoint without a target structure, onto this process's first device.
 
   For fine-tuning and evaluation, where the saved tree need not match the

@@ -25,12 +25,13 @@ DEFAULT_CONFIG = config_lib.CONFIGS / 'default.py'
 
 def _train(args: argparse.Namespace) -> None:
   from inception_jax import compilation_cache  # pylint: disable=import-outside-toplevel
+  from inception_jax import paths  # pylint: disable=import-outside-toplevel
   from inception_jax import train  # pylint: disable=import-outside-toplevel
   config = config_lib.load(args.config, args.overrides)
   workdir = args.workdir or str(pathlib.Path('workdirs') / pathlib.Path(args.config).stem)
-  print(f'config {args.config}; work directory {pathlib.Path(workdir).absolute()}', flush=True)
+  print(f'config {args.config}; work directory {paths.as_path(workdir)}', flush=True)
   if config.compilation_cache:
-    compilation_cache.use_persistent_cache(str(pathlib.Path(workdir) / 'xla_cache'))
+    compilation_cache.use_persistent_cache(compilation_cache.directory_for(workdir))
   try:
     train.train_and_evaluate(config, workdir)
   except train.Preempted:
@@ -43,7 +44,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
       epilog='Any config field can be overridden: --config.batch_size=128.')
   p.add_argument('--config', default=str(DEFAULT_CONFIG),
                  help='a get_config() file (default: experiments/configs/default.py)')
-  p.add_argument('--workdir', help='checkpoints, logs and curves (default: workdirs/<config>)')
+  p.add_argument('--workdir', help='checkpoints, logs and curves: a local folder or a URI '
+                 'such as gs://bucket/run (default: workdirs/<config>)')
   p.set_defaults(run=_train)
 
 
@@ -55,8 +57,8 @@ def _evaluate(args: argparse.Namespace) -> None:
   report = evaluation.evaluate_paths(paths, args.crops, configs)
   print(evaluation.format_report(report))
   if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(report, f, indent=1)
+    from inception_jax import paths  # pylint: disable=import-outside-toplevel
+    paths.as_path(args.json).write_text(json.dumps(report, indent=1))
     print(f'wrote {args.json}')
 
 
@@ -130,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Parses `argv` (default: sys.argv[1:]) and runs the chosen command."""
+  if importlib.util.find_spec('gcsfs') is not None:
+    # gs:// paths (work directories, tfds metadata) go through fsspec/gcsfs, the tested
+    # route, rather than TensorFlow's GCS client; without gcsfs epath keeps TensorFlow's.
+    # etils reads this once, at the first gs:// path operation: set it before any.
+    os.environ.setdefault('EPATH_USE_TF', 'false')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow feeds data, quietly
   if (argv is None and sys.argv[1:2] in (['train'], ['benchmark'])
       and host_memory.jax_runs_on_cpu()):

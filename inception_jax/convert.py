@@ -33,6 +33,7 @@ import math
 import pathlib
 from typing import Any, Mapping
 
+from etils import epath
 import google.protobuf.message
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,7 @@ from inception_jax import checkpointing
 from inception_jax import config as config_lib
 from inception_jax import input_pipeline
 from inception_jax import models
+from inception_jax import paths
 from inception_jax import rundir
 
 Variables = dict[str, Any]
@@ -254,14 +256,14 @@ def check_fits(model: models.GoogLeNet, variables: Variables, image_size: int) -
     raise ValueError('the converted weights do not fit the model:\n  ' + '\n  '.join(problems))
 
 
-def write_run(directory: str | pathlib.Path, config: ml_collections.ConfigDict,
-              variables: Variables, class_names: tuple[str, ...]) -> pathlib.Path:
+def write_run(directory: paths.PathLike, config: ml_collections.ConfigDict,
+              variables: Variables, class_names: tuple[str, ...]) -> epath.Path:
   """Writes `variables` as step 0 of a run directory with `config`; returns its path.
 
   The directory gets `config.json` and `checkpoints/0/` with the same metadata
   training writes. Refuses a directory that already holds checkpoints.
   """
-  directory = pathlib.Path(directory).absolute()
+  directory = paths.as_path(directory)
   if (directory / 'checkpoints').exists():
     raise FileExistsError(f'{directory} already holds checkpoints; choose a new directory.')
   check_fits(rundir.build_model(config, len(class_names)), variables, config.image_size)
@@ -304,7 +306,7 @@ def _load_torch_state_dict(path: str) -> Mapping[str, Any]:
   return state_dict
 
 
-def _report(out: pathlib.Path, config: ml_collections.ConfigDict, num_classes: int) -> None:
+def _report(out: epath.Path, config: ml_collections.ConfigDict, num_classes: int) -> None:
   print(f'wrote {out}: {config.model}, {num_classes} classes, aux heads '
         f"{'off' if config.model_options.aux_heads is False else 'on'}; inputs RGB "
         f'normalized with mean_rgb={tuple(config.mean_rgb)}, std_rgb={tuple(config.std_rgb)}.\n'

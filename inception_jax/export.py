@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from inception_jax import evaluation
+from inception_jax import paths
 from inception_jax import preprocessing
 from inception_jax import rundir
 
@@ -115,21 +116,23 @@ def sidecar(loaded: evaluation.LoadedModel, exported: jax_export.Exported, input
   }
 
 
-def export_checkpoint(path: str | pathlib.Path, out: str | pathlib.Path,
+def export_checkpoint(path: paths.PathLike, out: paths.PathLike,
                       input_kind: str = 'uint8', image_size: int | None = None,
                       saved_model: str | pathlib.Path | None = None) -> dict[str, Any]:
   """Writes the artifact of checkpoint `path` to `out` and its sidecar to `out`.json.
 
-  With `saved_model`, also writes a TensorFlow SavedModel there. Returns the sidecar.
+  `path` and `out` may be local or URIs such as gs://bucket/run (`paths`). With
+  `saved_model`, also writes a TensorFlow SavedModel there (through TensorFlow's
+  own file system, which has its own gs:// client). Returns the sidecar.
   """
   loaded = evaluation.load_model(path, rundir.load_config(rundir.workdir_of(path)))
   exported = export_model(loaded, input_kind, image_size)
   class_names = tuple(loaded.meta['class_names'])
   info = sidecar(loaded, exported, input_kind, class_names)
-  out = pathlib.Path(out)
+  out = paths.as_path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_bytes(exported.serialize())
-  pathlib.Path(f'{out}.json').write_text(json.dumps(info, indent=1))
+  out.with_name(f'{out.name}.json').write_text(json.dumps(info, indent=1))
   if saved_model:
     write_saved_model(loaded, saved_model, input_kind, image_size)
   return info

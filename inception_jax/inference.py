@@ -26,6 +26,7 @@ from inception_jax import config as config_lib
 from inception_jax import evaluation
 from inception_jax import input_pipeline
 from inception_jax import metrics
+from inception_jax import paths
 from inception_jax import preprocessing
 from inception_jax import rundir
 from inception_jax import xla_options
@@ -160,9 +161,9 @@ def _predict(args: argparse.Namespace) -> None:
     print(f'skipped {path}: {reason}', file=sys.stderr)
   print(f'{len(predictions)} image(s) classified, {len(skipped)} skipped.', file=sys.stderr)
   if args.json:
-    with open(args.json, 'w') as f:
-      json.dump({'predictions': [dataclasses.asdict(p) for p in predictions],
-                 'skipped': skipped}, f, indent=1)
+    paths.as_path(args.json).write_text(json.dumps(
+        {'predictions': [dataclasses.asdict(p) for p in predictions], 'skipped': skipped},
+        indent=1))
     print(f'wrote {args.json}', file=sys.stderr)
 
 

@@ -1,64 +1,127 @@
 """Where training metrics go: TensorBoard, a metrics.jsonl, the console and a PNG of curves.
 
 Only process 0 writes (`MetricWriter(..., enabled=jax.process_index() == 0)`).
+The work directory may be remote (gs://bucket/run, see `paths`). Object stores
+such as GCS cannot append, and TensorFlow's summary writer would reach them
+through TensorFlow's own GCS client, so for a remote work directory
+metrics.jsonl is rewritten whole at each write and the TensorBoard event files
+are written to a local temporary folder and uploaded after each flush (at most
+every `upload_every_seconds`, and at `close`).
 """
 
+import io
 import json
 import math
-import pathlib
+import os
+import shutil
+import tempfile
 import time
 from typing import Mapping
 
+from absl import logging
+from etils import epath
+
+from inception_jax import paths
+
 METRICS_FILE = 'metrics.jsonl'
 CURVES_FILE = 'curves.png'
+TENSORBOARD_DIR = 'tensorboard'
 
 
 class MetricWriter:
   """Appends scalars to `workdir/metrics.jsonl` and TensorBoard event files."""
 
-  def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
-    self.workdir = pathlib.Path(workdir)
+  def __init__(self, workdir: paths.PathLike, enabled: bool = True,
+               upload_every_seconds: float = 30.0):
+    self.workdir = paths.as_path(workdir)
     self.enabled = enabled
+    self.remote = paths.is_remote(self.workdir)
     self._summary_writer = None
+    self._local_events = None  # remote work directory: where the events are written first
+    self._uploaded: dict[str, int] = {}  # event file name -> size uploaded
+    self._last_upload = -math.inf
+    self._upload_every_seconds = upload_every_seconds
+    self._metrics_text = ''  # remote work directory: metrics.jsonl as written so far
     if enabled:
       import tensorflow as tf  # pylint: disable=import-outside-toplevel
       self._tf = tf
-      self._summary_writer = tf.summary.create_file_writer(str(self.workdir / 'tensorboard'))
+      events = self.workdir / TENSORBOARD_DIR
+      if self.remote:
+        metrics = self.workdir / METRICS_FILE
+        self._metrics_text = metrics.read_text() if metrics.exists() else ''
+        self._local_events = tempfile.mkdtemp(prefix='inception_jax_tensorboard_')
+        events = self._local_events
+      self._summary_writer = tf.summary.create_file_writer(os.fspath(events))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     """Records `scalars` (plain floats) for `step`."""
     if not self.enabled:
       return
     record = {'step': int(step), 'time': time.time(), **{k: float(v) for k, v in scalars.items()}}
-    with open(self.workdir / METRICS_FILE, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    line = json.dumps(record) + '\n'
+    if self.remote:  # rewritten whole: a failed write is made good by the next one
+      self._metrics_text += line
+      try:
+        (self.workdir / METRICS_FILE).write_text(self._metrics_text)
+      except OSError as e:
+        logging.warning('could not write %s (%s); trying again at the next record.',
+                        self.workdir / METRICS_FILE, e)
+    else:
+      with open(self.workdir / METRICS_FILE, 'a') as f:
+        f.write(line)
     with self._summary_writer.as_default(step=int(step)):
       for name, value in scalars.items():
         self._tf.summary.scalar(name, float(value))
     self._summary_writer.flush()
+    self._upload_events()
+
+  def _upload_events(self, force: bool = False) -> None:
+    """Copies the local event files that grew to `workdir/tensorboard` (remote work dirs)."""
+    if self._local_events is None:
+      return
+    if not force and time.monotonic() - self._last_upload < self._upload_every_seconds:
+      return
+    self._last_upload = time.monotonic()
+    for name in sorted(os.listdir(self._local_events)):
+      local = os.path.join(self._local_events, name)
+      if not os.path.isfile(local) or self._uploaded.get(name) == os.path.getsize(local):
+        continue
+      with open(local, 'rb') as f:
+        data = f.read()
+      try:
+        (self.workdir / TENSORBOARD_DIR / name).write_bytes(data)
+      except OSError as e:
+        logging.warning('could not upload %s (%s); trying again later.', name, e)
+        continue
+      self._uploaded[name] = len(data)
 
   def close(self) -> None:
     if self._summary_writer is not None:
       self._summary_writer.close()
+      self._summary_writer = None
+      if self._local_events is not None:
+        self._upload_events(force=True)
+        shutil.rmtree(self._local_events, ignore_errors=True)
+        self._local_events = None
 
 
-def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, float]]:
+def read_metrics(workdir: paths.PathLike) -> list[dict[str, float]]:
   """All records of `workdir/metrics.jsonl`, in order (empty if there is none)."""
-  path = pathlib.Path(workdir) / METRICS_FILE
+  path = paths.as_path(workdir) / METRICS_FILE
   if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_curves(workdir: str | pathlib.Path) -> pathlib.Path:
+def plot_curves(workdir: paths.PathLike) -> epath.Path:
   """Draws loss, accuracy and learning rate against step into `workdir/curves.png`."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  workdir = paths.as_path(workdir)
   records = read_metrics(workdir)
   if not records:
-    raise FileNotFoundError(f'{pathlib.Path(workdir) / METRICS_FILE} has no metrics to plot.')
+    raise FileNotFoundError(f'{workdir / METRICS_FILE} has no metrics to plot.')
   panels = [('loss', ['train_loss', 'eval_loss']),
             ('accuracy', ['train_top1', 'eval_top1', 'eval_top5']),
             ('learning rate', ['train_learning_rate'])]
@@ -74,9 +137,11 @@ def plot_curves(workdir: str | pathlib.Path) -> pathlib.Path:
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  path = pathlib.Path(workdir) / CURVES_FILE
-  fig.savefig(path, dpi=100)
+  png = io.BytesIO()  # matplotlib writes local files only; epath writes anywhere
+  fig.savefig(png, format='png', dpi=100)
   plt.close(fig)
+  path = workdir / CURVES_FILE
+  path.write_bytes(png.getvalue())
   return path
 
 

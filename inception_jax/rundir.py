@@ -5,14 +5,15 @@ fine-tuning read them back, so they live here, below all of them.
 """
 
 import json
-import pathlib
 from typing import Any
 
+from etils import epath
 import ml_collections
 
 from inception_jax import checkpointing
 from inception_jax import input_pipeline
 from inception_jax import models
+from inception_jax import paths
 
 CONFIG_FILE = 'config.json'
 
@@ -31,22 +32,21 @@ def checkpoint_meta(config: ml_collections.ConfigDict, info: input_pipeline.Data
           'dataset': info.name, 'class_names': list(info.class_names)}
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
+def save_config(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> None:
   """Writes the resolved config as `workdir/config.json` (read back by `load_config`)."""
-  with open(pathlib.Path(workdir) / CONFIG_FILE, 'w') as f:
-    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+  (paths.as_path(workdir) / CONFIG_FILE).write_text(
+      config.to_json_best_effort(indent=1, sort_keys=True))
 
 
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+def load_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
   """The resolved config a run saved in its work directory."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  path = paths.as_path(workdir) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(f'{path} not found: pass --config with the run\'s config file.')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def workdir_of(path: str | pathlib.Path) -> pathlib.Path:
+def workdir_of(path: paths.PathLike) -> epath.Path:
   """The run directory (holding config.json) of a work dir or checkpoint path."""
   root, _ = checkpointing.find_checkpoint(path)
   return root.parent

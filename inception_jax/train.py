@@ -9,10 +9,10 @@ prints and writes logs; every process checkpoints.
 """
 
 import concurrent.futures
-import pathlib
 import time
 from typing import Any, Iterator
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -25,6 +25,7 @@ from inception_jax import input_pipeline
 from inception_jax import metric_logging
 from inception_jax import ops
 from inception_jax import optim
+from inception_jax import paths
 from inception_jax import preemption
 from inception_jax import rundir
 from inception_jax import sharding
@@ -60,20 +61,23 @@ def evaluate(eval_step: Any, state: Any, batches: Iterator[dict[str, jax.Array]]
           'loss': totals['loss_sum'] / count, 'count': totals['count']}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLike
                        ) -> dict[str, float]:
   """Trains and evaluates; returns the final evaluation metrics.
+
+  `workdir` is a local folder or a URI orbax supports, such as gs://bucket/run
+  (see `paths` for the environment gs:// needs).
 
   Raises Preempted after saving a checkpoint when SIGTERM arrives.
   """
   watch = preemption.PreemptionWatch()  # before JAX's handler, for early signals
   try:
-    return _train_and_evaluate(config, pathlib.Path(workdir), watch)
+    return _train_and_evaluate(config, paths.as_path(workdir), watch)
   finally:
     watch.close()
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
                         watch: preemption.PreemptionWatch) -> dict[str, float]:
   distributed.initialize(config)
   is_main = jax.process_index() == 0
@@ -132,7 +136,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     print(f'{config.model} on {info.name}: {total_steps} steps of {config.batch_size} '
           f'({steps_per_epoch} per epoch) on {jax.device_count()} {jax.default_backend()} '
           f'device(s), {ops.resolve(model.ops)} kernels, {np.dtype(model.dtype).name} compute; '
-          f'work directory {workdir.absolute()}'
+          f'work directory {workdir}'
           + (f'; resuming at step {start_step}' if start_step else ''), flush=True)
     if compile_s is not None:
       print(f'compiled the training step in {compile_s:.1f} s', flush=True)
