@@ -17,6 +17,7 @@ from typing import Sequence
 
 from inception_jax import config as config_lib
 from inception_jax import host_memory
+from inception_jax import preemption
 
 DATA_COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert')  # these run TensorFlow
 
@@ -33,7 +34,7 @@ def _train(args: argparse.Namespace) -> None:
   if config.compilation_cache:
     compilation_cache.use_persistent_cache(compilation_cache.directory_for(workdir))
   try:
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, args.preemption_watch)
   except train.Preempted:
     sys.exit(0)
 
@@ -145,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # benchmark runs as the trainer does, its torch peers under the same setting.
     host_memory.restart_with_huge_pages()
   argv = sys.argv[1:] if argv is None else list(argv)
+  # A SIGTERM during the seconds of imports and set-up before training starts is
+  # remembered (and, in a multi-process run, handed on to JAX once it listens).
+  watch = preemption.PreemptionWatch() if argv[:1] == ['train'] else None
   if argv[:1] == ['benchmark'] and importlib.util.find_spec('torchvision') is not None:
     # torch and torchvision (the optional peers of `benchmark --compare torchvision`)
     # must be imported before TensorFlow, which the data commands import: torchvision
@@ -153,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torchvision  # pylint: disable=import-outside-toplevel,unused-import
   args, overrides = build_parser().parse_known_args(argv)
   args.overrides = overrides
+  args.preemption_watch = watch
   if overrides and not hasattr(args, 'config'):
     raise SystemExit(f'unrecognized arguments: {overrides}')
   if args.command in DATA_COMMANDS:

@@ -9,42 +9,49 @@ all processes. A single process has no such service; a Python SIGTERM handler
 sets a flag instead.
 
 A SIGTERM that arrives before `jax.distributed.initialize` would kill the process
-(or be lost): `PreemptionWatch` installs its flag handler first and, once JAX's
-handler has replaced it, hands an early signal on to JAX.
+and leave its peers waiting: `PreemptionWatch` installs its flag handler first
+and, once JAX's handler has replaced it, hands an early signal on to JAX. This
+module imports JAX only when asked, so that a program can create the watch
+before JAX loads.
 """
 
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
-import jax
-from jax.experimental import multihost_utils
+
+def _distributed_started() -> bool:
+  jax = sys.modules.get('jax')
+  return jax is not None and jax.distributed.is_initialized()
+
+
+def _reached_sync_point(step: int) -> bool:
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return multihost_utils.reached_preemption_sync_point(step)
 
 
 class PreemptionWatch:
   """Says, step by step, whether the run must save and stop (the same step on every process).
 
-  Create it before `jax.distributed.initialize`; call `start(step)` once as soon as
-  the run knows its starting step, then `reached(step)` after every step.
+  Create it first thing, before `jax.distributed.initialize`; call `start(step)`
+  once as soon as the run knows its starting step, then `reached(step)` after
+  every step.
   """
 
   def __init__(self):
     self._flag = threading.Event()
     self._previous: Any = None
     # Where JAX's handler is already in place, a Python one would replace it.
-    if (threading.current_thread() is threading.main_thread()
-        and not jax.distributed.is_initialized()):
+    if threading.current_thread() is threading.main_thread() and not _distributed_started():
       self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
-
-  def _coordinated(self) -> bool:
-    return jax.distributed.is_initialized()
 
   def start(self, step: int) -> bool:
     """Reports the starting step; True if a notice already asks to stop there."""
-    if not self._coordinated():
+    if not _distributed_started():
       return self._flag.is_set()
-    reached = multihost_utils.reached_preemption_sync_point(step)
+    reached = _reached_sync_point(step)
     if self._flag.is_set():  # arrived before JAX's handler replaced ours: hand it on
       self._flag.clear()
       os.kill(os.getpid(), signal.SIGTERM)
@@ -52,11 +59,11 @@ class PreemptionWatch:
 
   def reached(self, step: int) -> bool:
     """True when the run must save `step` and stop; call it once per step, in order."""
-    if not self._coordinated():
+    if not _distributed_started():
       return self._flag.is_set()
-    return multihost_utils.reached_preemption_sync_point(step)
+    return _reached_sync_point(step)
 
   def close(self) -> None:
     """Puts back the SIGTERM handler found at creation where JAX has not replaced it."""
-    if self._previous is not None and not self._coordinated():
+    if self._previous is not None and not _distributed_started():
       signal.signal(signal.SIGTERM, self._previous)

@@ -61,20 +61,24 @@ def evaluate(eval_step: Any, state: Any, batches: Iterator[dict[str, jax.Array]]
           'loss': totals['loss_sum'] / count, 'count': totals['count']}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLike
-                       ) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLike,
+                       watch: preemption.PreemptionWatch | None = None) -> dict[str, float]:
   """Trains and evaluates; returns the final evaluation metrics.
 
   `workdir` is a local folder or a URI orbax supports, such as gs://bucket/run
-  (see `paths` for the environment gs:// needs).
+  (see `paths` for the environment gs:// needs). `watch`: the `PreemptionWatch`
+  a program created at its start, to catch signals that come before this call;
+  None creates one here.
 
   Raises Preempted after saving a checkpoint when SIGTERM arrives.
   """
-  watch = preemption.PreemptionWatch()  # before JAX's handler, for early signals
+  own_watch = watch is None
+  watch = watch or preemption.PreemptionWatch()
   try:
     return _train_and_evaluate(config, paths.as_path(workdir), watch)
   finally:
-    watch.close()
+    if own_watch:
+      watch.close()
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
