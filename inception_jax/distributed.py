@@ -20,6 +20,7 @@ checkpoint.
 import os
 from typing import Mapping
 
+from absl import flags
 import jax
 import ml_collections
 from orbax.checkpoint import multihost
@@ -87,6 +88,20 @@ def initialize(config: ml_collections.ConfigDict) -> None:
         'step, mpirun, a Cloud TPU VM pod, a Kubernetes job) and not all of '
         'coordinator_address, num_processes and process_id are set '
         f'({e}). Set them, or run with --config.distributed=off.') from e
+  _use_timed_barriers_in_orbax()
+
+
+def _use_timed_barriers_in_orbax() -> None:
+  """Makes orbax's barriers around each save the coordination service's, with a timeout.
+
+  By default orbax meets the other processes in an untimed collective, where a
+  process whose peer never comes waits forever; its distributed barrier raises
+  after the timeout instead. orbax names the switch experimental; where a release
+  lacks it, its default stays.
+  """
+  name = 'experimental_orbax_use_distributed_barrier'
+  if name in flags.FLAGS:
+    flags.FLAGS[name].parse('true')
 
 
 def wait_for_all_processes(name: str, timeout_seconds: int) -> None:

@@ -183,3 +183,51 @@ def test_on_without_a_cluster_is_a_clear_error():
   result = _result(_start('on', {}))
   assert 'JAX found no cluster' in result['error']
   assert '--config.distributed=off' in result['error']
+
+
+_BARRIERS = '''
+import json, sys, time
+from inception_jax import config as config_lib, distributed
+config = config_lib.get_base_config()
+config.coordinator_address, config.num_processes = sys.argv[1], 2
+config.process_id = int(sys.argv[2])
+config.distributed_timeout_seconds = 60
+distributed.initialize(config)
+import jax
+from orbax.checkpoint import multihost
+jax.devices()  # both processes start their backends before one of them goes missing
+if config.process_id == 1:
+  time.sleep(60)
+  sys.exit(0)
+results = {}
+for name, barrier in [('ours', lambda: distributed.wait_for_all_processes('never', 5)),
+                      ('orbax', lambda: multihost.sync_global_processes('never_2', timeout=5))]:
+  start = time.time()
+  try:
+    barrier()
+    results[name] = 'passed'
+  except Exception as e:  # the timeout
+    results[name] = [type(e).__name__, str(e).splitlines()[0][:200], round(time.time() - start, 1)]
+print(json.dumps(results))
+'''
+
+
+def test_a_missing_peer_times_out_every_barrier():
+  """Process 1 never arrives: the start barrier and orbax's barriers raise after 5 s."""
+  address = f'127.0.0.1:{_free_port()}'
+  base = {k: v for k, v in os.environ.items() if not k.startswith(CLUSTER_VARIABLES)}
+  env = {**base, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)}
+  procs = [subprocess.Popen([sys.executable, '-c', _BARRIERS, address, str(i)], cwd=ROOT,
+                            env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT) for i in range(2)]
+  try:
+    out, _ = procs[0].communicate(timeout=120)
+  finally:
+    for proc in procs:
+      proc.kill()
+      proc.wait()
+  results = json.loads(out.strip().splitlines()[-1])
+  for name in ('ours', 'orbax'):
+    kind, message, seconds = results[name]
+    assert 'DEADLINE_EXCEEDED' in message or 'timed out' in message.lower(), results
+    assert 4 <= seconds < 20, results  # an untimed collective: gloo gives up after 30 s
