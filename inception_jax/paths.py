@@ -5,8 +5,8 @@ curves, exported artifacts) goes through `as_path`, never through pathlib or
 `open`: pathlib turns 'gs://bucket/run' into the local path 'gs:/bucket/run'.
 
 epath reaches gs:// through TensorFlow's GCS client unless the environment
-variable EPATH_USE_TF is 'false' when the process first touches a gs:// path
-(etils reads it once); then it goes through fsspec (gcsfs). The command line
+variable EPATH_USE_TF is 'false' when the process first touches a path, local or
+remote (etils reads it once); then it goes through fsspec (gcsfs). The command line
 sets it where gcsfs is installed (`cli.main`); programs calling the library
 directly should set it first thing too. orbax writes its arrays through
 tensorstore, which has its own GCS client.
