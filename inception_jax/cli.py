@@ -52,10 +52,10 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
   from inception_jax import evaluation, rundir  # pylint: disable=import-outside-toplevel
-  paths = [args.path, *args.ensemble]
+  run_paths = [args.path, *args.ensemble]
   configs = [config_lib.load(rundir.load_config(rundir.workdir_of(p)), args.overrides)
-             for p in paths]
-  report = evaluation.evaluate_paths(paths, args.crops, configs)
+             for p in run_paths]
+  report = evaluation.evaluate_paths(run_paths, args.crops, configs)
   print(evaluation.format_report(report))
   if args.json:
     from inception_jax import paths  # pylint: disable=import-outside-toplevel
@@ -136,14 +136,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   if importlib.util.find_spec('gcsfs') is not None:
     # gs:// paths (work directories, tfds metadata) go through fsspec/gcsfs, the tested
     # route, rather than TensorFlow's GCS client; without gcsfs epath keeps TensorFlow's.
-    # etils reads this once, at the first gs:// path operation: set it before any.
+    # etils reads this once, at the process's first path operation: set it before any.
     os.environ.setdefault('EPATH_USE_TF', 'false')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow feeds data, quietly
   if (argv is None and sys.argv[1:2] in (['train'], ['benchmark'])
       and host_memory.jax_runs_on_cpu()):
     # The process runs this command line alone: start it again with huge pages
     # for XLA's per-step CPU buffers (glibc reads the setting only at start-up). The
-    # benchmark runs as the trainer does, its torch peers under the same setting.
+    # benchmark runs as training does, its torch peers under the same setting.
     host_memory.restart_with_huge_pages()
   argv = sys.argv[1:] if argv is None else list(argv)
   # A SIGTERM during the seconds of imports and set-up before training starts is
