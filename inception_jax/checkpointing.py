@@ -17,13 +17,18 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from inception_jax import config as config_lib
 from inception_jax import paths
 
 BEST_METRIC = 'eval_top1'
 
 
-class CheckpointMismatchError(ValueError):
-  """A checkpoint was written for another model than the one asked for."""
+class CheckpointMismatchError(config_lib.UserError):
+  """A checkpoint was written for another model or data set than the one asked for."""
+
+
+class NoCheckpointError(config_lib.NotFoundError):
+  """A path holds no checkpoint, or none of its checkpoints can be read."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +83,24 @@ def check_meta(meta: dict[str, Any], expected: dict[str, Any], where: str) -> No
     details = '; '.join(f'{k}: checkpoint has {got!r}, config asks for {want!r}'
                         for k, (got, want) in wrong.items())
     raise CheckpointMismatchError(
-        f'the checkpoint in {where} was written for another model ({details}). '
+        f'the checkpoint in {where} was written for another model or data set ({details}). '
         'Use another work directory, or --config.init_from to fine-tune from it.')
+
+
+def check_newest_meta(manager: ocp.CheckpointManager, expected: dict[str, Any]) -> None:
+  """Refuses a run whose config disagrees with the record of the newest checkpoint.
+
+  Reads only the small JSON record, so a run is refused before it compiles or
+  writes anything. A record that cannot be read is left to `restore_latest`.
+  """
+  step = manager.latest_step()
+  if step is None:
+    return
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  except Exception:  # pylint: disable=broad-except
+    return
+  check_meta(meta, expected, str(manager.directory))
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
@@ -108,7 +129,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     _move_aside(manager, damaged)
     return Restored(state=state, step=step, meta=meta)
   if steps:
-    raise RuntimeError(f'no checkpoint in {manager.directory} could be restored:\n  '
+    raise NoCheckpointError(f'no checkpoint in {manager.directory} could be restored:\n  '
                        + '\n  '.join(failures)
                        + '\nMove the directory aside to start over.')
   return None
@@ -138,7 +159,7 @@ def find_checkpoint(path: paths.PathLike) -> tuple[epath.Path, int | None]:
     return path.parent, int(path.name)
   if path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):
     return path, None
-  raise FileNotFoundError(
+  raise NoCheckpointError(
       f'{path} holds no checkpoint: give a work directory, its checkpoints/ '
       'folder, or one step folder inside it.')
 
@@ -155,7 +176,7 @@ def load_raw(path: paths.PathLike) -> Restored:
   if step is None:
     step = manager.latest_step()
     if step is None:
-      raise FileNotFoundError(f'{root} holds no checkpoint steps.')
+      raise NoCheckpointError(f'{root} holds no checkpoint steps.')
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
       lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),

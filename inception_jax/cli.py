@@ -165,5 +165,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     input_pipeline.hide_gpus_from_tensorflow()
   try:
     args.run(args)
-  except config_lib.ConfigError as e:
-    raise SystemExit(f'error: {e}') from e
+  except config_lib.UserError as e:  # bad input: the message says what to do
+    raise SystemExit(f'error: {e}') from None

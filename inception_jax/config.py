@@ -2,10 +2,14 @@
 
 Experiment files under ``experiments/configs/`` start from :func:`get_base_config`
 and override what they need. Any field can be overridden on the command line
-(``--config.batch_size=256``); an unknown field is an error.
+(``--config.batch_size=256`` or ``--config.batch_size 256``); an unknown field,
+in a file or on the command line, is an error.
 """
 
+import importlib.util
 import pathlib
+import re
+import traceback
 from typing import Sequence
 
 from absl import flags
@@ -17,8 +21,20 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'experiments' / 'configs
 CROPS = (1, 10, 144)  # crops per image at evaluation: centre; corners, centre, mirrors; Table 3's 144
 
 
-class ConfigError(ValueError):
-  """A config file that is missing, or an override that names no field or misparses."""
+class UserError(ValueError):
+  """A problem the user can fix: its message names the cause and the fix.
+
+  The command line prints it alone, without a traceback; every module's errors
+  about bad input (configs, data, run directories) derive from it.
+  """
+
+
+class NotFoundError(UserError, FileNotFoundError):
+  """A file or folder the command needs (a config, a run's files) is missing."""
+
+
+class ConfigError(UserError):
+  """A config that cannot run: a missing file, an unknown field, a bad or unfitting value."""
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -105,6 +121,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.num_processes = 0  # 0 = detect
   config.process_id = -1  # -1 = detect
   config.distributed_timeout_seconds = 300  # peers must arrive (and keep beating) within this
+  config.lock()  # a misspelt field in a config file is an error, not a new field
   return config
 
 
@@ -112,28 +129,55 @@ def load(source: str | pathlib.Path | ml_collections.ConfigDict,
          overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Loads a `get_config()` file (or takes a config) and applies `--config.field=value`.
 
-  Raises ConfigError with a message naming an unknown field or a bad value.
+  Overrides are `--config.field=value` or `--config.field value`. Raises
+  ConfigError with a message naming an unknown field (and the file it is in)
+  or a bad value.
   """
-  is_file = not isinstance(source, ml_collections.ConfigDict)
-  if is_file and not pathlib.Path(source).exists():
-    raise ConfigError(f'config file {source} not found; experiment configs live in {CONFIGS}.')
-  bad = [o for o in overrides if not o.startswith('--config.')]
-  if bad:
-    raise ConfigError(f'unrecognized arguments {bad}: config fields are set as '
-                      '--config.<field>=<value>.')
+  config = _from_file(pathlib.Path(source)) if not isinstance(
+      source, ml_collections.ConfigDict) else source
   argv = ['inception_jax', *overrides]
   flag_values = flags.FlagValues()
   try:
-    if is_file:
-      config_flags.DEFINE_config_file('config', str(source), flag_values=flag_values,
-                                      lock_config=True, sys_argv=argv)
-    else:
-      config_flags.DEFINE_config_dict('config', source, flag_values=flag_values,
-                                      lock_config=True, sys_argv=argv)
-    flag_values(argv)
+    config_flags.DEFINE_config_dict('config', config, flag_values=flag_values,
+                                    lock_config=True, sys_argv=argv)
+    unparsed = flag_values(argv)
   except AttributeError as e:
-    raise ConfigError(f'unknown config field {e} in {list(overrides)}; the fields are '
-                      'listed in inception_jax/config.py.') from e
+    raise ConfigError(f'{_unknown_field(e)} in {list(overrides)}; the fields are listed in '
+                      'inception_jax/config.py.') from e
   except (flags.Error, KeyError, ValueError, TypeError) as e:
     raise ConfigError(f'bad config override in {list(overrides)}: {e}') from e
+  if unparsed[1:]:
+    raise ConfigError(f'unrecognized arguments {unparsed[1:]}: config fields are set as '
+                      '--config.<field>=<value>.')
   return flag_values.config
+
+
+def _from_file(path: pathlib.Path) -> ml_collections.ConfigDict:
+  """The ConfigDict a `get_config()` file returns; a misspelt field names the file."""
+  if not path.is_file():
+    raise NotFoundError(f'config file {path} not found; experiment configs live in {CONFIGS}.')
+  spec = importlib.util.spec_from_file_location(f'_config_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except AttributeError as e:
+    lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__)
+             if pathlib.Path(frame.filename) == path]
+    where = f'{path}, line {lines[-1]}' if lines else str(path)
+    raise ConfigError(f'{where}: {_unknown_field(e)}; the fields are listed in '
+                      'inception_jax/config.py.') from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f'{path}: get_config() returned {type(config).__name__}, not a '
+                      'ml_collections.ConfigDict.')
+  return config
+
+
+def _unknown_field(error: AttributeError) -> str:
+  """'unknown config field X (did you mean Y?)' from ml_collections' long message."""
+  text = str(error).replace('\\', '')
+  name = (re.search(r'Key "([\w.]+)" does not exist', text)
+          or re.search(r"^\W*([\w.]+)", text))
+  suggestion = re.search(r'Did you mean "([\w.]+)"', text)
+  return f'unknown config field {name.group(1) if name else text!r}' + (
+      f' (did you mean {suggestion.group(1)!r}?)' if suggestion else '')

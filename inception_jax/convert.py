@@ -87,7 +87,7 @@ def _require_exactly(expected: set[str], found: set[str], what: str, source: str
   problems = ([f'missing {what} {missing}'] if missing else []) + (
       [f'unexpected {what} {unexpected}'] if unexpected else [])
   if problems:
-    raise ValueError(f"this is not {source}: {'; '.join(problems)}. {hint}")
+    raise config_lib.UserError(f"this is not {source}: {'; '.join(problems)}. {hint}")
 
 
 def _torchvision_layers(aux_heads: bool) -> tuple[dict[str, str], dict[str, str]]:
@@ -171,8 +171,9 @@ def _blob_array(blob: Any, where: str) -> np.ndarray:
     dims = (blob.num, blob.channels, blob.height, blob.width)
   values = np.array(blob.data if len(blob.data) else blob.double_data, np.float32)
   if values.size != math.prod(dims):
-    raise ValueError(f'{where} has {values.size} values for shape {dims}: the caffemodel '
-                     'is damaged.')
+    raise config_lib.UserError(
+        f'{where} has {values.size} values for shape {dims}: the caffemodel '
+        'is damaged.')
   return values.reshape(dims)
 
 
@@ -181,7 +182,7 @@ def read_caffe_blobs(caffemodel: bytes) -> dict[str, list[np.ndarray]]:
   try:
     net = caffe_pb2.NetParameter.FromString(caffemodel)
   except google.protobuf.message.DecodeError as e:
-    raise ValueError(f'not a Caffe NetParameter (.caffemodel) file: {e}') from e
+    raise config_lib.UserError(f'not a Caffe NetParameter (.caffemodel) file: {e}') from e
   layers = list(net.layer) or list(net.layers)
   return {layer.name: [_blob_array(blob, f'blob {i} of layer {layer.name}')
                        for i, blob in enumerate(layer.blobs)]
@@ -192,14 +193,16 @@ def _weight_and_bias(blobs: Mapping[str, list[np.ndarray]], name: str, ndim: int
                      ) -> tuple[np.ndarray, np.ndarray]:
   """A layer's (weight, bias), legacy 4-D padding (leading 1s) removed from dense layers."""
   if len(blobs[name]) != 2:
-    raise ValueError(f'Caffe layer {name} has {len(blobs[name])} blobs; expected weight '
-                     'and bias.')
+    raise config_lib.UserError(
+        f'Caffe layer {name} has {len(blobs[name])} blobs; expected weight '
+        'and bias.')
   weight, bias = blobs[name]
   while weight.ndim > ndim and weight.shape[0] == 1:
     weight = weight[0]
   if weight.ndim != ndim:
-    raise ValueError(f'Caffe layer {name} has weights of shape {weight.shape}; expected '
-                     f'{ndim} dimensions.')
+    raise config_lib.UserError(
+        f'Caffe layer {name} has weights of shape {weight.shape}; expected '
+        f'{ndim} dimensions.')
   return weight, bias.reshape(-1)
 
 
@@ -253,7 +256,8 @@ def check_fits(model: models.GoogLeNet, variables: Variables, image_size: int) -
   problems += [f'{k}: model {want[k]}, converted {got[k]}'
                for k in sorted(set(want) & set(got)) if tuple(want[k]) != tuple(got[k])]
   if problems:
-    raise ValueError('the converted weights do not fit the model:\n  ' + '\n  '.join(problems))
+    raise config_lib.UserError(
+        'the converted weights do not fit the model:\n  ' + '\n  '.join(problems))
 
 
 def write_run(directory: paths.PathLike, config: ml_collections.ConfigDict,
@@ -265,7 +269,7 @@ def write_run(directory: paths.PathLike, config: ml_collections.ConfigDict,
   """
   directory = paths.as_path(directory)
   if (directory / 'checkpoints').exists():
-    raise FileExistsError(f'{directory} already holds checkpoints; choose a new directory.')
+    raise config_lib.UserError(f'{directory} already holds checkpoints; choose a new directory.')
   check_fits(rundir.build_model(config, len(class_names)), variables, config.image_size)
   directory.mkdir(parents=True, exist_ok=True)
   rundir.save_config(config, directory)

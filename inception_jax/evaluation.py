@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from inception_jax import checkpointing
+from inception_jax import config as config_lib
 from inception_jax import input_pipeline
 from inception_jax import metrics
 from inception_jax import models
@@ -81,8 +82,17 @@ def evaluate_paths(paths: Sequence[str], crops: int,
   for other in loaded[1:]:
     for field in ('dataset', 'eval_split', 'image_size'):
       if other.config[field] != data_config[field]:
-        raise ValueError(f'ensemble members disagree on {field}: {loaded[0].path} has '
-                         f'{data_config[field]!r}, {other.path} has {other.config[field]!r}.')
+        raise config_lib.UserError(
+            f'ensemble members disagree on {field}: {loaded[0].path} has '
+            f'{data_config[field]!r}, {other.path} has {other.config[field]!r}.')
+  input_pipeline.check_splits(data_config, (data_config.eval_split,))
+  info = input_pipeline.get_dataset_info(data_config)
+  for member in loaded:
+    if member.meta['num_classes'] != info.num_classes:
+      raise config_lib.UserError(
+          f"{member.path} was trained on {member.meta['num_classes']} classes, but "
+          f'{info.name} has {info.num_classes}: evaluate it on the data set it was trained '
+          'on (--config.dataset / --config.image_folder / --config.data_dir).')
   results, all_probs, labels = [], [], None
   for member in loaded:
     probs, labels = predict_split(member, data_config, crops)

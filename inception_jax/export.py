@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
+from inception_jax import config as config_lib
 from inception_jax import evaluation
 from inception_jax import paths
 from inception_jax import preprocessing
@@ -48,7 +49,8 @@ def serving_function(loaded: evaluation.LoadedModel, input_kind: str
                      ) -> Callable[[jax.Array], jax.Array]:
   """images -> logits, evaluation mode, with the weights (and normalization) as constants."""
   if input_kind not in INPUT_KINDS:
-    raise ValueError(f'input_kind must be one of {sorted(INPUT_KINDS)}, got {input_kind!r}.')
+    raise config_lib.ConfigError(
+        f'input_kind must be one of {sorted(INPUT_KINDS)}, got {input_kind!r}.')
   mean = np.asarray(loaded.config.mean_rgb, np.float32)
   std = np.asarray(loaded.config.std_rgb, np.float32)
   model, variables = loaded.model, loaded.variables

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from inception_jax import checkpointing
+from inception_jax import config as config_lib
 from inception_jax import models
 
 CLASSIFIER_PATTERN = r'^(aux\d+/)?classifier/'
@@ -42,9 +43,10 @@ def merge_pretrained(fresh: Any, pretrained: Any,
     refused.append(f'{path}: model {tuple(value.shape)}, checkpoint '
                    f'{"missing" if source is None else tuple(source.shape)}')
   if refused:
-    raise ValueError('the checkpoint does not fit this model outside the classifiers:\n  '
-                     + '\n  '.join(refused) + '\nAllow fresh values for such layers with '
-                     "--config.init_from_reinit='<regex of paths>'.")
+    raise config_lib.UserError(
+        'the checkpoint does not fit this model outside the classifiers:\n  '
+        + '\n  '.join(refused) + '\nAllow fresh values for such layers with '
+        "--config.init_from_reinit='<regex of paths>'.")
   return models.from_named_leaves(merged), kept_fresh
 
 

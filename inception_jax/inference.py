@@ -99,7 +99,7 @@ class Predictor:
     `config` replaces the saved config (e.g. with overrides applied).
     """
     if not buckets or min(buckets) < 1:
-      raise ValueError(f'buckets must be positive batch sizes, got {tuple(buckets)}.')
+      raise config_lib.ConfigError(f'buckets must be positive batch sizes, got {tuple(buckets)}.')
     if config is None:
       config = rundir.load_config(rundir.workdir_of(path))
     self.loaded = evaluation.load_model(path, config)
@@ -108,14 +108,21 @@ class Predictor:
     self.buckets = tuple(sorted(set(buckets)))
     self.preprocess = input_pipeline.eval_preprocess(config, crops)
     apply_fn = self.loaded.model.apply
-    self._forward = jax.jit(
+    self._jitted = jax.jit(
         lambda variables, images: jnp.exp(metrics.log_probs(apply_fn, variables, images)),
         compiler_options=xla_options.for_model(jax.default_backend()))
+    self._compiled: dict[tuple[int, ...], jax.stages.Compiled] = {}
 
   @property
   def num_compilations(self) -> int:
     """How many batch shapes the forward has been compiled for so far."""
-    return self._forward._cache_size()  # pylint: disable=protected-access
+    return len(self._compiled)
+
+  def _forward(self, images: np.ndarray) -> jax.Array:
+    """Probabilities of one padded batch, compiled once per batch shape."""
+    if images.shape not in self._compiled:
+      self._compiled[images.shape] = self._jitted.lower(self.loaded.variables, images).compile()
+    return self._compiled[images.shape](self.loaded.variables, images)
 
   def probabilities(self, images: np.ndarray) -> np.ndarray:
     """[N, classes] class probabilities of N preprocessed images (`preprocess` output)."""
@@ -126,7 +133,7 @@ class Predictor:
       size = bucket_size(len(chunk), self.buckets)
       padded = np.zeros((size, *chunk.shape[1:]), np.float32)
       padded[:len(chunk)] = chunk
-      probs.append(np.asarray(self._forward(self.loaded.variables, padded))[:len(chunk)])
+      probs.append(np.asarray(self._forward(padded))[:len(chunk)])
     return np.concatenate(probs) if probs else np.zeros((0, len(self.class_names)), np.float32)
 
   def predict(self, paths: Sequence[str], top_k: int = 5

@@ -45,6 +45,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.datasets.siscore import labels as imagenet_labels
 
+from inception_jax import config as config_lib
 from inception_jax import datasets  # registers the embedded data sets with tfds
 from inception_jax import preprocessing
 from inception_jax import sharding
@@ -57,11 +58,11 @@ _AUGMENT_STREAM = 1  # seed stream of the per-example augmentations
 _JPEG_CHECK_RATIO = 8
 
 
-class DatasetNotPreparedError(RuntimeError):
+class DatasetNotPreparedError(config_lib.UserError):
   """A tfds data set is not prepared and this pipeline will not download it."""
 
 
-class BadImageError(ValueError):
+class BadImageError(config_lib.UserError):
   """Image files that cannot be decoded, found with `on_bad_image='fail'`."""
 
 
@@ -97,6 +98,23 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   return DatasetInfo(name=name, num_classes=len(class_names),
                      class_names=_readable_class_names(class_names),
                      split_sizes=split_sizes)
+
+
+def check_splits(config: ml_collections.ConfigDict, splits: Sequence[str]) -> None:
+  """Refuses, before anything compiles, a split without examples or with bad images.
+
+  A split of an image folder is read and checked here (once: the result is
+  cached for the pipelines), so `on_bad_image='fail'` refuses at start. Raises
+  ConfigError or BadImageError naming the split and what to do.
+  """
+  for split in splits:
+    if _split_size(config, split) < 1:
+      where = config.image_folder if config.dataset == IMAGE_FOLDER else config.dataset
+      raise config_lib.ConfigError(
+          f"split '{split}' of {where} has no examples; point the config at a split "
+          '(config.train_split / config.eval_split) that holds some.')
+    if config.dataset == IMAGE_FOLDER:
+      _folder_share(_folder_root(config), split, *_process(None, None), config.on_bad_image)
 
 
 def create_train_iterator(config: ml_collections.ConfigDict, mesh: Mesh,
@@ -148,8 +166,9 @@ def make_train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0
   local_batch = _local_batch_size(config.batch_size, process_count, 'batch_size')
   share = _share(config, config.train_split, process_index, process_count)
   if share.num_examples == 0:
-    raise ValueError(f'Process {process_index} of {process_count} has no examples of '
-                     f"split '{config.train_split}' of '{config.dataset}'.")
+    raise config_lib.ConfigError(
+        f'Process {process_index} of {process_count} has no examples of '
+        f"split '{config.train_split}' of '{config.dataset}'.")
   first_example = start_step * local_batch
   first_epoch, offset = divmod(first_example, share.num_examples)
   preprocess = _train_preprocess(config)
@@ -309,7 +328,7 @@ def _tfds_split_size(builder: tfds.core.DatasetBuilder, split) -> int:
   try:
     return builder.info.splits[split].num_examples
   except (KeyError, ValueError) as error:
-    raise ValueError(
+    raise config_lib.ConfigError(
         f"Split '{split}' is not in '{builder.name}' (splits: "
         f"{', '.join(builder.info.splits)}); set config.train_split / "
         'config.eval_split to one of them or a tfds slice of one.') from error
@@ -379,8 +398,9 @@ def _image_key(builder: tfds.core.DatasetBuilder) -> str:
   """The name of the image feature of an image-classification data set."""
   key = _supervised_keys(builder)[0]
   if not isinstance(builder.info.features[key], tfds.features.Image):
-    raise ValueError(f"Feature '{key}' of '{builder.name}' is not a tfds Image; this "
-                     'pipeline reads encoded images only.')
+    raise config_lib.ConfigError(
+        f"Feature '{key}' of '{builder.name}' is not a tfds Image; this "
+        'pipeline reads encoded images only.')
   return key
 
 
@@ -388,7 +408,7 @@ def _label_key(builder: tfds.core.DatasetBuilder) -> str:
   """The name of the ClassLabel feature of an image-classification data set."""
   key = _supervised_keys(builder)[1]
   if not isinstance(builder.info.features[key], tfds.features.ClassLabel):
-    raise ValueError(f"Feature '{key}' of '{builder.name}' is not a ClassLabel.")
+    raise config_lib.ConfigError(f"Feature '{key}' of '{builder.name}' is not a ClassLabel.")
   return key
 
 
@@ -396,8 +416,9 @@ def _supervised_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
   """The (input, target) feature names of a supervised tfds data set."""
   keys = builder.info.supervised_keys
   if not keys or len(keys) != 2 or not all(isinstance(key, str) for key in keys):
-    raise ValueError(f"'{builder.name}' has no (image, label) supervised_keys; choose "
-                     'an image-classification data set.')
+    raise config_lib.ConfigError(
+        f"'{builder.name}' has no (image, label) supervised_keys; choose "
+        'an image-classification data set.')
   return keys
 
 
@@ -419,8 +440,9 @@ def _readable_class_names(names: Sequence[str]) -> tuple[str, ...]:
 def _folder_root(config: ml_collections.ConfigDict) -> str:
   """`config.image_folder`, checked to be a folder."""
   if not os.path.isdir(config.image_folder):
-    raise ValueError(f"config.image_folder='{config.image_folder}' is not a folder; with "
-                     "dataset='image_folder' it must hold <split>/<class>/<image> files.")
+    raise config_lib.ConfigError(
+        f"config.image_folder='{config.image_folder}' is not a folder; with "
+        "dataset='image_folder' it must hold <split>/<class>/<image> files.")
   return config.image_folder
 
 
@@ -442,9 +464,10 @@ def _list_folder_split(root: str, split: str) -> tuple[tuple[str, ...], tuple[in
   """The sorted image files of a split and their labels."""
   split_dir = os.path.join(root, split)
   if not os.path.isdir(split_dir):
-    raise ValueError(f"Image folder {root} has no split '{split}' (splits: "
-                     f"{', '.join(_folder_splits(root))}); set config.train_split / "
-                     'config.eval_split to one of them.')
+    raise config_lib.ConfigError(
+        f"Image folder {root} has no split '{split}' (splits: "
+        f"{', '.join(_folder_splits(root))}); set config.train_split / "
+        'config.eval_split to one of them.')
   paths, labels = [], []
   for label, name in enumerate(_folder_class_names(root)):
     class_dir = os.path.join(split_dir, name)
@@ -464,7 +487,7 @@ def _folder_share(root: str, split: str, process_index: int, process_count: int,
   Cached: each process checks its files once per split and run.
   """
   if on_bad_image not in ('skip', 'fail'):
-    raise ValueError(f"on_bad_image='{on_bad_image}'; use 'skip' or 'fail'.")
+    raise config_lib.ConfigError(f"on_bad_image='{on_bad_image}'; use 'skip' or 'fail'.")
   paths, labels = _list_folder_split(root, split)
   paths = paths[process_index::process_count]
   labels = labels[process_index::process_count]
@@ -522,15 +545,16 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
   if process_index is None:
     process_index = jax.process_index()
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} is not in [0, {process_count}).')
+    raise config_lib.ConfigError(f'process_index={process_index} is not in [0, {process_count}).')
   return process_index, process_count
 
 
 def _local_batch_size(batch_size: int, process_count: int, field: str) -> int:
   """This process's part of a global batch."""
   if batch_size % process_count:
-    raise ValueError(f'config.{field}={batch_size} is not divisible by the '
-                     f'{process_count} processes; use a multiple of {process_count}.')
+    raise config_lib.ConfigError(
+        f'config.{field}={batch_size} is not divisible by the '
+        f'{process_count} processes; use a multiple of {process_count}.')
   return batch_size // process_count
 
 

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from inception_jax import config as config_lib
 from inception_jax import layers
 from inception_jax import ops as ops_lib
 from inception_jax import xla_options
@@ -82,7 +83,7 @@ def _initializers(init: str) -> dict[str, Callable[..., Array]]:
     return dict(kernel=nn.initializers.truncated_normal(0.01),
                 bias=nn.initializers.zeros,
                 classifier_bias=nn.initializers.zeros)
-  raise ValueError(f"unknown init {init!r}: use 'caffe', 'he' or 'torchvision'.")
+  raise config_lib.ConfigError(f"unknown init {init!r}: use 'caffe', 'he' or 'torchvision'.")
 
 
 class InceptionBlock(nn.Module):
@@ -300,7 +301,8 @@ def resolve_dtype(name: str, platform: str | None = None) -> str:
   if name == AUTO_DTYPE:
     return 'float32' if (platform or jax.default_backend()) == 'cpu' else 'bfloat16'
   if name not in DTYPES:
-    raise ValueError(f"unknown dtype {name!r}; choose 'auto' or one of {sorted(DTYPES)}.")
+    raise config_lib.ConfigError(
+        f"unknown dtype {name!r}; choose 'auto' or one of {sorted(DTYPES)}.")
   return name
 
 
@@ -312,13 +314,14 @@ def create_model(name: str, **options: Any) -> GoogLeNet:
   """
   options = {k: v for k, v in options.items() if v is not None}
   if name not in MODELS:
-    raise ValueError(f'unknown model {name!r}; choose one of {sorted(MODELS)}.')
+    raise config_lib.ConfigError(f'unknown model {name!r}; choose one of {sorted(MODELS)}.')
   if isinstance(options.get('dtype'), str):
     options['dtype'] = DTYPES[resolve_dtype(options['dtype'])]
   fields = set(GoogLeNet.__dataclass_fields__) - {'parent', 'name'}
   unknown = sorted(set(options) - fields)
   if unknown:
-    raise ValueError(f'unknown model options {unknown}; valid options: {sorted(fields)}.')
+    raise config_lib.ConfigError(
+        f'unknown model options {unknown}; valid options: {sorted(fields)}.')
   return MODELS[name](**options)
 
 

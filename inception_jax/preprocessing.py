@@ -187,8 +187,9 @@ def eval_side(image_size: int, resize_ratio: float) -> int:
   """The shorter side that evaluation resizes to before cropping `image_size`."""
   side = round(image_size * resize_ratio)
   if side < image_size:
-    raise ValueError(f'eval_resize_ratio={resize_ratio} resizes the shorter side to '
-                     f'{side} < image_size={image_size}; use a ratio >= 1.')
+    raise config_lib.ConfigError(
+        f'eval_resize_ratio={resize_ratio} resizes the shorter side to '
+        f'{side} < image_size={image_size}; use a ratio >= 1.')
   return side
 
 
@@ -346,15 +347,17 @@ class TrainPreprocess:
 
   def __post_init__(self):
     if self.crop not in ('inception', 'center'):
-      raise ValueError(f"crop={self.crop!r}; use 'inception' or 'center'.")
+      raise config_lib.ConfigError(f"crop={self.crop!r}; use 'inception' or 'center'.")
     low, high = self.area_range
     if not 0 < low <= high <= 1:
-      raise ValueError(f'crop_area_range={tuple(self.area_range)}; '
-                       'use 0 < low <= high <= 1.')
+      raise config_lib.ConfigError(
+          f'crop_area_range={tuple(self.area_range)}; '
+          'use 0 < low <= high <= 1.')
     low, high = self.aspect_range
     if not 0 < low <= high:
-      raise ValueError(f'crop_aspect_range={tuple(self.aspect_range)}; '
-                       'use 0 < low <= high.')
+      raise config_lib.ConfigError(
+          f'crop_aspect_range={tuple(self.aspect_range)}; '
+          'use 0 < low <= high.')
     eval_side(self.image_size, self.eval_resize_ratio)
 
   def __call__(self, image_bytes: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -398,7 +401,8 @@ class EvalPreprocess:
   def __post_init__(self):
     if self.crops not in config_lib.CROPS:
       *others, last = config_lib.CROPS
-      raise ValueError(f'crops={self.crops}; use {", ".join(map(str, others))} or {last}.')
+      raise config_lib.ConfigError(
+          f'crops={self.crops}; use {", ".join(map(str, others))} or {last}.')
     eval_side(self.image_size, self.resize_ratio)
 
   @property

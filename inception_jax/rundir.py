@@ -11,6 +11,7 @@ from etils import epath
 import ml_collections
 
 from inception_jax import checkpointing
+from inception_jax import config as config_lib
 from inception_jax import input_pipeline
 from inception_jax import models
 from inception_jax import paths
@@ -42,7 +43,7 @@ def load_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
   """The resolved config a run saved in its work directory."""
   path = paths.as_path(workdir) / CONFIG_FILE
   if not path.exists():
-    raise FileNotFoundError(f'{path} not found: pass --config with the run\'s config file.')
+    raise config_lib.NotFoundError(f'{path} not found: pass --config with the run\'s config file.')
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 

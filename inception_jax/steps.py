@@ -16,7 +16,6 @@ Steps and updates: `TrainState.step` counts training steps (batches). With
 """
 
 import functools
-import math
 from typing import Any, Callable, Mapping
 
 import flax
@@ -27,6 +26,7 @@ from jax.sharding import Mesh
 import ml_collections
 import optax
 
+from inception_jax import config as config_lib
 from inception_jax import metrics as metrics_lib
 from inception_jax import models
 from inception_jax import optim
@@ -305,17 +305,47 @@ def _compiler_options(mesh: Mesh, options: Mapping[str, Any] | None) -> Mapping[
   return xla_options.supported(options, platform)
 
 
-def check_finite(metrics: Mapping[str, Any], step: int) -> None:
-  """Raises FloatingPointError if a loss or a norm in `metrics` is NaN or infinite.
+class NonFiniteError(config_lib.UserError, FloatingPointError):
+  """Training produced a NaN or infinite loss or norm."""
 
-  Call it on the host before saving a checkpoint, so that a diverged state is
-  never saved.
+
+def _watched(metrics: Mapping[str, Any]) -> list[str]:
+  """The metrics that must stay finite: the losses ('loss' first) and the norms."""
+  return [name for _, name in sorted((name != 'loss', name) for name in metrics
+                                     if name.endswith('loss') or name.endswith('_norm'))]
+
+
+def track_nonfinite(first: Metrics | None, metrics: Metrics, step: Array | int) -> Metrics:
+  """The record of the first step whose watched metrics were not all finite.
+
+  `first` is the record so far (None before the first step); its 'step' stays 0
+  until a step's losses or norms hold a NaN or infinity, then keeps that step and
+  its values. Pure and cheap, so the loop runs it on the device after every step
+  without waiting for the step to finish.
   """
-  watched = sorted((name != 'loss', name) for name in metrics
-                   if name.endswith('loss') or name.endswith('_norm'))
-  values = {name: float(metrics[name]) for _, name in watched}
-  bad = [f'{name} is {value}' for name, value in values.items() if not math.isfinite(value)]
-  if bad:
-    raise FloatingPointError(
-        f'step {step}: {"; ".join(bad)}; training stopped before saving this state. '
+  values = {name: metrics[name] for name in _watched(metrics)}
+  if first is None:
+    first = {'step': jnp.zeros((), jnp.int32), **{k: jnp.zeros_like(v) for k, v in values.items()}}
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in values.values()]))
+  take = jnp.logical_and(jnp.logical_not(finite), first['step'] == 0)
+  return {'step': jnp.where(take, jnp.asarray(step, jnp.int32), first['step']),
+          **{k: jnp.where(take, v, first[k]) for k, v in values.items()}}
+
+
+def make_nonfinite_tracker(mesh: Mesh) -> Callable[[Metrics | None, Metrics, int], Metrics]:
+  """`track_nonfinite` jit-compiled for `mesh`, its record replicated."""
+  return jax.jit(track_nonfinite, out_shardings=sharding.replicated(mesh))
+
+
+def check_finite(first: Mapping[str, Any]) -> None:
+  """Raises NonFiniteError if the fetched record of `track_nonfinite` names a step.
+
+  Called on the host before each log line and each save, so a diverged state is
+  never saved, and the step named is the one where a NaN or infinity appeared.
+  """
+  step = int(first['step'])
+  if step:
+    values = '; '.join(f'{name} is {float(first[name])}' for name in _watched(first))
+    raise NonFiniteError(
+        f'step {step}: {values}; training stopped without saving a non-finite state. '
         'Lower learning_rate, set grad_clip_norm, or check the input data for NaN/Inf.')

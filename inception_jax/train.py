@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from inception_jax import checkpointing
+from inception_jax import config as config_lib
 from inception_jax import distributed
 from inception_jax import finetune
 from inception_jax import host_memory
@@ -30,6 +31,11 @@ from inception_jax import preemption
 from inception_jax import rundir
 from inception_jax import sharding
 from inception_jax import steps
+
+
+# What a resumed run must share with the checkpoints of its work directory.
+RESUME_FIELDS = ('model', 'model_options', 'num_classes', 'image_size', 'dataset',
+                 'class_names')
 
 
 class Preempted(Exception):
@@ -91,27 +97,28 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
   if watch.start(manager.latest_step() or 0):
     manager.close()
     _stopped(manager.latest_step(), manager, is_main, started=False)
-  if is_main:
-    rundir.save_config(config, workdir)
   info = input_pipeline.get_dataset_info(config)
+  meta = rundir.checkpoint_meta(config, info)
+  resumed_fields = {k: meta[k] for k in RESUME_FIELDS}
+  # Refused at start, before config.json is touched or anything compiles.
+  checkpointing.check_newest_meta(manager, resumed_fields)
+  input_pipeline.check_splits(config, (config.train_split, config.eval_split))
   mesh = sharding.create_mesh()
   model = rundir.build_model(config, info.num_classes)
   steps_per_epoch = info.split_sizes[config.train_split] // config.batch_size
   if steps_per_epoch < 1:
-    raise ValueError(f'batch_size {config.batch_size} exceeds the {config.train_split} split '
-                     f'({info.split_sizes[config.train_split]} examples): lower it.')
+    raise config_lib.ConfigError(
+        f'batch_size {config.batch_size} exceeds the {config.train_split} split '
+        f'({info.split_sizes[config.train_split]} examples): lower it.')
   total_steps = optim.total_train_steps(config, steps_per_epoch)
   image_shape = (1, config.image_size, config.image_size, 3)
   trainable_mask = finetune.classifier_mask if config.freeze_backbone else None
   initialize, abstract_state = steps.train_state_initializer(
       config, model, image_shape, mesh, steps_per_epoch, trainable_mask)
   state_sharding = steps.shardings_of(abstract_state)
-  meta = rundir.checkpoint_meta(config, info)
 
   def initial_state() -> steps.TrainState:
-    restored = checkpointing.restore_latest(
-        manager, abstract_state,
-        {k: meta[k] for k in ('model', 'model_options', 'num_classes', 'image_size')})
+    restored = checkpointing.restore_latest(manager, abstract_state, resumed_fields)
     if restored is not None:
       return restored.state
     if config.init_from:
@@ -131,10 +138,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
           abstract_state, input_pipeline.train_batch_spec(config, mesh)).compile()
       compile_s = time.time() - compile_start
     state = pending_state.result()
+  if is_main:  # the run's config, once it is known to fit the directory's checkpoints
+    rundir.save_config(config, workdir)
   host_memory.release_free_memory()
   start_step = int(sharding.fetch(state.step))
   writer = metric_logging.MetricWriter(workdir, enabled=is_main)
   eval_step = steps.make_eval_step(mesh, state_sharding)
+  track_nonfinite = steps.make_nonfinite_tracker(mesh)
   batches = input_pipeline.create_train_iterator(config, mesh, start_step=start_step)
   if is_main:
     print(f'{config.model} on {info.name}: {total_steps} steps of {config.batch_size} '
@@ -153,17 +163,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
             f"loss {result['loss']:.4f} | {int(result['count'])} examples", flush=True)
     return result
 
-  def save(step: int, metrics: Any, eval_result: dict[str, float] | None = None) -> None:
-    steps.check_finite(sharding.fetch(metrics), step)  # never checkpoint a NaN state
+  def save(step: int, eval_result: dict[str, float] | None = None) -> None:
+    steps.check_finite(sharding.fetch(nonfinite))  # never checkpoint a non-finite state
     checkpointing.save(manager, step, state, meta,
                        eval_top1=None if eval_result is None else eval_result['top1'])
 
   distributed.wait_for_all_processes(f'ready_at_step_{start_step}',
                                      config.distributed_timeout_seconds)
   eval_result: dict[str, float] = {}
+  nonfinite = None  # the first step with a non-finite loss or norm, tracked on the device
   window_start, window_steps = time.time(), 0
   for step in range(start_step + 1, total_steps + 1):
     state, metrics = train_step(state, next(batches))
+    nonfinite = track_nonfinite(nonfinite, metrics, step)
     if step == start_step + 1:  # warm-up (first touches of memory): not in the throughput
       jax.block_until_ready(metrics)
       if is_main:
@@ -174,7 +186,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
     last = step == total_steps
     if step % config.log_every_steps == 0 or last:
       scalars = sharding.fetch(metrics)
-      steps.check_finite(scalars, step)
+      steps.check_finite(sharding.fetch(nonfinite))
       elapsed = time.time() - window_start
       writer.write(step, {f'train_{k}': float(v) for k, v in scalars.items()})
       if is_main and window_steps:
@@ -188,10 +200,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
       eval_result = run_eval(step)
     saved = step % config.checkpoint_every_steps == 0 or last or evaluated
     if saved:
-      save(step, metrics, eval_result if evaluated else None)
+      save(step, eval_result if evaluated else None)
     if watch.reached(step):
       if not saved:
-        save(step, metrics)
+        save(step)
       manager.wait_until_finished()
       manager.close()
       writer.close()

@@ -1,4 +1,4 @@
-"""Test session set-up.
+"""Test session set-up and the fixtures every module shares.
 
 torch (the peer library of the comparison tests) must be imported before TensorFlow:
 imported after it, torch's triton import crashes the process (segmentation fault,
@@ -7,11 +7,65 @@ seen with torch 2.14.1 and tensorflow-cpu 2.21.0).
 
 import importlib.util
 import os
+import pathlib
+
+import pytest
 
 # As `cli.main` does: gs:// through gcsfs. etils fixes its choice at the process's
 # first path operation, so this comes before any test touches a path.
 os.environ.setdefault('EPATH_USE_TF', 'false')
 
+# The tests' programs are compiled once and run a few steps: XLA's backend
+# optimizations would cost most of the suite's time (a tiny model's training step
+# compiles about five times faster without them). Every process of the session
+# (subprocesses inherit it) compiles the same way, so bit-for-bit comparisons
+# between them hold. Read when JAX starts its backend, after this module.
+FAST_COMPILE_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
+
 if importlib.util.find_spec('torch') is not None:
   import torch  # noqa: F401  pylint: disable=unused-import
   import torchvision  # noqa: F401  pylint: disable=unused-import
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='session')
+def digits_data_dir(tmp_path_factory) -> pathlib.Path:
+  """A tfds data_dir holding the embedded sklearn_digits, prepared once per session.
+
+  Subprocesses get it as `--config.data_dir`, so none of them prepares it again.
+  """
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from inception_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  data_dir = tmp_path_factory.mktemp('tfds')
+  input_pipeline.get_dataset_info(ml_collections.ConfigDict(
+      dict(dataset='sklearn_digits', data_dir=str(data_dir), manual_dir='',
+           train_split='train', eval_split='test')))
+  return data_dir
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache_dir(tmp_path_factory) -> pathlib.Path:
+  """One persistent compilation cache for the session's processes.
+
+  A program compiled once (a tiny model's training step, say) loads from it in
+  later tests and in subprocesses. Set before this process compiles anything, so
+  in-process runs of `train` keep this directory rather than their work directory's.
+  """
+  from inception_jax import compilation_cache  # pylint: disable=import-outside-toplevel
+  directory = tmp_path_factory.mktemp('xla_cache')
+  compilation_cache.use_persistent_cache(str(directory))
+  return directory
+
+
+@pytest.fixture(scope='session')
+def subprocess_env(compilation_cache_dir) -> dict[str, str]:
+  """The environment of the tests' Python subprocesses: this checkout, the shared cache.
+
+  A command whose config names its own cache (`train` with compilation_cache=True)
+  uses that one instead.
+  """
+  return {**os.environ, 'PYTHONUNBUFFERED': '1', 'PYTHONPATH': str(ROOT),
+          'JAX_COMPILATION_CACHE_DIR': str(compilation_cache_dir),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5'}

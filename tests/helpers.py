@@ -1,10 +1,15 @@
 """Helpers shared by the test modules (import as `from helpers import ...`)."""
 
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from inception_jax import convert
+from inception_jax import input_pipeline
+from inception_jax import rundir
 
 
 def random_variables(model, image_size: int, seed: int = 0):
@@ -22,3 +27,12 @@ def random_variables(model, image_size: int, seed: int = 0):
     return rng.normal(0, 0.1, leaf.shape)
 
   return jax.tree.map(np.float32, jax.tree_util.tree_map_with_path(draw, shapes))
+
+
+def make_run(directory, config, seed: int = 0):
+  """A run directory as training leaves it (config.json, a checkpoint) with random weights."""
+  info = input_pipeline.get_dataset_info(config)
+  model = rundir.build_model(config, info.num_classes)
+  convert.write_run(directory, config, random_variables(model, config.image_size, seed),
+                    info.class_names)
+  return pathlib.Path(directory)

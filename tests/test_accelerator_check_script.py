@@ -42,9 +42,18 @@ def test_without_dry_run_on_cpu_refuses_at_once():
   assert 'accelerator tests' not in done.stdout  # stopped before the first real step
 
 
-@pytest.mark.parametrize('args', [['--bogus'], ['--torch-modes', 'jit'], ['--peak-tflops']])
-def test_bad_arguments_print_the_usage(args):
+USAGE = 'usage: experiments/accelerator_check.sh'
+
+
+@pytest.mark.parametrize('args, says', [
+    (['--bogus'], ['unknown argument: --bogus', USAGE]),
+    (['--torch-modes', 'jit'], ["bad --torch-modes 'jit': eager, compile or eager,compile"]),
+    (['--peak-tflops'], [USAGE]),  # its value missing
+], ids=['unknown', 'bad-torch-modes', 'missing-value'])
+def test_bad_arguments_print_the_usage(args, says):
+  """Exit 2 with the message for that argument, before any step runs."""
   done = _run(*args, timeout=30)
   assert done.returncode == 2
-  assert 'usage: experiments/accelerator_check.sh' in done.stderr or 'bad --torch-modes' in (
-      done.stderr)
+  for message in says:
+    assert message in done.stderr, done.stderr
+  assert '== step' not in done.stdout

@@ -46,7 +46,10 @@ def test_ablation_variants_change_only_their_fields():
 
 
 @pytest.mark.parametrize('models', [0, -1])
-def test_crops_ensembles_refuses_no_models(models, monkeypatch):
+def test_crops_ensembles_refuses_no_models(models, monkeypatch, capsys):
+  """The script's own refusal, not some other usage error (argparse exits 2 for both)."""
   monkeypatch.setattr('sys.argv', ['crops_ensembles', '--models', str(models)])
-  with pytest.raises(SystemExit):
+  with pytest.raises(SystemExit) as exit_info:
     crops_ensembles.main()
+  assert exit_info.value.code == 2
+  assert f'error: --models must be at least 1, got {models}.' in capsys.readouterr().err

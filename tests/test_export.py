@@ -10,7 +10,6 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -126,6 +125,14 @@ def test_float_artifact_takes_normalized_images(loaded, images, expected_logits)
   normalized = (images[1].astype(np.float32) - MEAN_RGB) / STD_RGB
   np.testing.assert_allclose(np.asarray(exported.call(normalized)), expected_logits[1],
                              rtol=0, atol=1e-5)
+
+
+def test_artifact_refuses_images_of_another_size(uint8_artifact):
+  exported = jax.export.deserialize(uint8_artifact.read_bytes())
+  wrong = np.zeros((2, IMAGE_SIZE + 8, IMAGE_SIZE + 8, 3), np.uint8)
+  with pytest.raises(ValueError, match=rf'expected \(b, {IMAGE_SIZE}, {IMAGE_SIZE}, 3\) and '
+                                       rf'called with \(2, {IMAGE_SIZE + 8}, {IMAGE_SIZE + 8}, 3\)'):
+    exported.call(wrong)
 
 
 def test_unknown_input_kind_is_refused(loaded):

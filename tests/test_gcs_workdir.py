@@ -174,10 +174,9 @@ def _event_tags_and_steps(data: bytes) -> dict[str, list[int]]:
   return found
 
 
-def test_train_kill_resume_evaluate_export_on_gs(emulator, tmp_path):
+def test_train_kill_resume_evaluate_export_on_gs(emulator, tmp_path, digits_data_dir):
   """The CLI end to end on gs://bucket/run: kill -9 after a checkpoint, resume, read back."""
-  data_dir = tmp_path / 'tfds'
-  config = tiny_config(data_dir, num_train_steps=STEPS, eval_every_steps=8)
+  config = tiny_config(digits_data_dir, num_train_steps=STEPS, eval_every_steps=8)
   cwd, cache = tmp_path / 'cwd', tmp_path / 'cache'
   cwd.mkdir()
   cli = Cli(emulator.url, cwd, cache)
@@ -200,7 +199,7 @@ def test_train_kill_resume_evaluate_export_on_gs(emulator, tmp_path):
   # Everything of the run is in the bucket.
   names = emulator.objects('run/')
   saved_config = json.loads(emulator.read('run/config.json'))
-  assert saved_config['model'] == 'googlenet_tiny' and saved_config['num_train_steps'] == STEPS
+  assert saved_config['model'] == 'googlenet_bn_tiny' and saved_config['num_train_steps'] == STEPS
   metrics_text = emulator.read('run/metrics.jsonl').decode()
   assert metrics_text.startswith(metrics_after_kill)  # the first run's lines, kept
   records = [json.loads(line) for line in metrics_text.splitlines()]

@@ -58,11 +58,9 @@ def _make_folder(root: str, per_class: dict[str, int]) -> None:
 
 
 @pytest.fixture(scope='module')
-def digits_config(tmp_path_factory) -> ml_collections.ConfigDict:
-  """sklearn_digits, built once into a temporary data_dir."""
-  config = _config(data_dir=str(tmp_path_factory.mktemp('tfds')))
-  input_pipeline.get_dataset_info(config)
-  return config
+def digits_config(digits_data_dir) -> ml_collections.ConfigDict:
+  """sklearn_digits in the session's data_dir."""
+  return _config(data_dir=str(digits_data_dir))
 
 
 @pytest.fixture(scope='module')

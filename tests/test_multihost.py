@@ -1,5 +1,8 @@
 """Two processes through jax.distributed on 127.0.0.1, against one process: same result.
 
+(Multi-process training through the command line, killed and resumed, is in
+test_preemption.py.)
+
 Each test starts fresh Python processes with a hard timeout, so a hang fails the
 test instead of the CI. Each process gets 2 CPU devices (XLA_FLAGS); collectives
 between processes use gloo.
@@ -7,7 +10,6 @@ between processes use gloo.
 
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +20,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 420
 
+pytestmark = pytest.mark.slow
+
 
 def free_port() -> int:
   with socket.socket() as s:
@@ -26,8 +30,9 @@ def free_port() -> int:
 
 
 def env(devices: int) -> dict[str, str]:
-  return {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-          'JAX_PLATFORMS': 'cpu', 'PYTHONUNBUFFERED': '1', 'PYTHONPATH': str(ROOT)}
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+  return {**os.environ, 'XLA_FLAGS': flags, 'JAX_PLATFORMS': 'cpu', 'PYTHONUNBUFFERED': '1',
+          'PYTHONPATH': str(ROOT)}
 
 
 def run_all(commands: list[list[str]], devices: int) -> list[str]:
@@ -60,50 +65,3 @@ def test_two_processes_equal_one_process_with_as_many_devices(tmp_path):
     # Same global batches and devices; only the reduction across processes (gloo)
     # may order the sums differently from one process's: float32 rounding.
     np.testing.assert_allclose(p0[key], single[key], rtol=1e-5, atol=1e-6, err_msg=key)
-
-
-def _train_command(workdir: pathlib.Path, data_dir: pathlib.Path, address: str,
-                   process_id: int) -> list[str]:
-  return [sys.executable, '-m', 'inception_jax', 'train', '--workdir', str(workdir),
-          '--config.model=googlenet_tiny', '--config.model_options.width=0.125',
-          f'--config.data_dir={data_dir}', '--config.batch_size=32',
-          '--config.eval_batch_size=64', '--config.num_train_steps=8',
-          '--config.warmup_epochs=0', '--config.deterministic_data=True',
-          '--config.log_every_steps=1', '--config.eval_every_steps=8',
-          '--config.checkpoint_every_steps=2', f'--config.coordinator_address={address}',
-          '--config.num_processes=2', f'--config.process_id={process_id}',
-          '--config.distributed_timeout_seconds=60']
-
-
-def test_two_process_training_checkpoints_is_killed_and_resumes(tmp_path):
-  data_dir, workdir = tmp_path / 'tfds', tmp_path / 'run'
-  subprocess.run([sys.executable, '-c', 'import ml_collections; from inception_jax import '
-                  'input_pipeline as p; c = ml_collections.ConfigDict(dict(dataset='
-                  f'"sklearn_digits", data_dir="{data_dir}")); p._prepared_builder(c)'],
-                 cwd=ROOT, env=env(1), check=True, timeout=TIMEOUT, capture_output=True)
-  address = f'127.0.0.1:{free_port()}'
-  procs = [subprocess.Popen(_train_command(workdir, data_dir, address, i), cwd=ROOT, env=env(2),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  try:
-    for line in procs[0].stdout:  # only process 0 prints progress
-      if line.startswith('step 5/'):
-        break
-    for proc in procs:
-      proc.send_signal(signal.SIGKILL)
-      proc.wait(timeout=60)
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-  assert steps and max(steps) >= 2, steps
-
-  address = f'127.0.0.1:{free_port()}'
-  outputs = run_all([_train_command(workdir, data_dir, address, i) for i in range(2)],
-                    devices=2)
-  assert f'resuming at step {max(steps)}' in outputs[0], outputs[0][-2000:]
-  assert 'eval at step 8' in outputs[0]
-  assert not any(line.startswith('step ') for line in outputs[1].splitlines())  # only 0 prints
-  final = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-  assert max(final) == 8

@@ -1,5 +1,7 @@
 """inception_jax.ops against the plain XLA formulations and their `jax.grad`."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,8 +11,12 @@ import pytest
 from inception_jax import layers, models, ops, xla_options
 
 TOL = dict(rtol=1e-5, atol=1e-5)
+# Each check compiles as one program, with the fast-compile options: op by op, every window
+# slice and shape compiles on its own, which costs more than these tiny inputs' compute.
+_jit = functools.partial(jax.jit, compiler_options=xla_options.FAST_COMPILE)
 
 
+@functools.partial(_jit, static_argnums=0)
 def _values_and_grads(fn, x, *args):
   """fn's output and the vector-Jacobian products with a fixed random cotangent."""
   y, vjp = jax.vjp(fn, x, *args)
@@ -123,14 +129,14 @@ def test_batch_norm_relu_equals_flax_with_the_same_gradients():
   def loss(fn, *args):  # every output counts, the statistics too
     return sum(jnp.sum(out * w) for out, w in zip(fn(*args), weights))
 
-  got = ops.batch_norm_relu(x, scale, bias, 1e-3)
-  want = _flax_batch_norm_relu(x, scale, bias)
+  got = _jit(ops.batch_norm_relu, static_argnums=3)(x, scale, bias, 1e-3)
+  want = _jit(_flax_batch_norm_relu)(x, scale, bias)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, **TOL)
   assert 0.2 < float(jnp.mean(got[0] == 0)) < 0.8  # the ReLU cuts a real share
-  got_grads = jax.grad(lambda *a: loss(lambda *b: ops.batch_norm_relu(*b, 1e-3), *a),
-                       argnums=(0, 1, 2))(x, scale, bias)
-  want_grads = jax.grad(lambda *a: loss(_flax_batch_norm_relu, *a), argnums=(0, 1, 2))(
+  got_grads = _jit(jax.grad(lambda *a: loss(lambda *b: ops.batch_norm_relu(*b, 1e-3), *a),
+                            argnums=(0, 1, 2)))(x, scale, bias)
+  want_grads = _jit(jax.grad(lambda *a: loss(_flax_batch_norm_relu, *a), argnums=(0, 1, 2)))(
       x, scale, bias)
   for g, w in zip(got_grads, want_grads):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
@@ -178,8 +184,13 @@ def test_unknown_ops_is_refused():
 
 @pytest.mark.parametrize('name', ['googlenet_tiny', 'googlenet_bn_tiny'])
 def test_fast_model_equals_xla_model(name):
-  """Same parameters → same logits, aux logits, batch statistics and gradients."""
-  plain = models.create_model(name, num_classes=5)
+  """Same parameters → same logits, aux logits, batch statistics and gradients.
+
+  Both kernel sets are named explicitly ('auto' is 'fast' on CPU), and the programs
+  must differ as the fast set promises: without that the test would compare a model
+  with itself and pass if `ops` were ignored.
+  """
+  plain = models.create_model(name, num_classes=5, ops='xla')
   fast = models.create_model(name, num_classes=5, ops='fast')
   images = jax.random.normal(jax.random.key(3), (4, 48, 48, 3))
   variables = models.init_variables(plain, jax.random.key(0), images.shape)
@@ -193,11 +204,19 @@ def test_fast_model_equals_xla_model(name):
     return total, (output, state)
 
   def grads(model):
-    return jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True),
-                   compiler_options=xla_options.FAST_COMPILE)(variables['params'])
+    """The training step's StableHLO text and its (loss, (output, state)), gradients."""
+    lowered = _jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True)).lower(
+        variables['params'])
+    return lowered.as_text(), lowered.compile()(variables['params'])
 
-  (want_loss, (want, want_state)), want_grads = grads(plain)
-  (got_loss, (got, got_state)), got_grads = grads(fast)
+  want_text, ((want_loss, (want, want_state)), want_grads) = grads(plain)
+  got_text, ((got_loss, (got, got_state)), got_grads) = grads(fast)
+  # The fast set routes max-pool gradients by stored offsets (XLA: select_and_scatter)
+  # and computes 1x1 convolutions as matrix products.
+  assert 'stablehlo.select_and_scatter' in want_text
+  assert 'stablehlo.select_and_scatter' not in got_text
+  convolutions = [text.count('stablehlo.convolution') for text in (got_text, want_text)]
+  assert 0 < convolutions[0] < convolutions[1] / 2, convolutions
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-4)
   for g, w in zip(jax.tree.leaves((got, got_state)), jax.tree.leaves((want, want_state))):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
@@ -225,9 +244,10 @@ def test_pointwise_conv_relus_equal_separate_convs(batch_norm):
       return [c(x, train=True) for c in convs]
 
   x = jax.random.normal(jax.random.key(5), (2, 4, 3, 6))
-  variables = Separate(False).init(jax.random.key(0), x)
-  want, want_state = Separate(False).apply(variables, x, mutable=['batch_stats'])
-  got, got_state = Separate(True).apply(variables, x, mutable=['batch_stats'])
+  variables = _jit(Separate(False).init)(jax.random.key(0), x)
+  want, want_state = _jit(lambda v: Separate(False).apply(v, x, mutable=['batch_stats']))(
+      variables)
+  got, got_state = _jit(lambda v: Separate(True).apply(v, x, mutable=['batch_stats']))(variables)
   assert [g.shape for g in got] == [(2, 4, 3, w) for w in widths]
   for g, w in zip(jax.tree.leaves((got, got_state)), jax.tree.leaves((want, want_state))):
     np.testing.assert_allclose(g, w, **TOL)

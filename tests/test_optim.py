@@ -133,9 +133,9 @@ def test_nesterov_first_step():
 def test_global_norm_clipping():
   config = _config(recipe='paper', learning_rate=1.0, weight_decay=0.0, grad_clip_norm=2.0)
   grads = jax.tree.map(jnp.ones_like, _params())
-  norm = float(optax.global_norm(grads))
+  norm = float(optax.tree.norm(grads))
   updates = _one_update(config, grads)
-  np.testing.assert_allclose(optax.global_norm(updates), 2.0, rtol=1e-5)
+  np.testing.assert_allclose(optax.tree.norm(updates), 2.0, rtol=1e-5)
   np.testing.assert_allclose(updates['conv']['bias'], -2.0 / norm, rtol=1e-5)
 
 
@@ -217,7 +217,7 @@ def test_global_norms_equal_optax_global_norm_per_tree():
     assert norm.dtype == jnp.float32
     np.testing.assert_allclose(float(norm), by_hand, rtol=1e-6)
   for norm, tree in zip(norms[:2], trees[:2]):  # optax sums bfloat16 leaves in bfloat16
-    np.testing.assert_allclose(float(norm), float(optax.global_norm(tree)), rtol=1e-6)
+    np.testing.assert_allclose(float(norm), float(optax.tree.norm(tree)), rtol=1e-6)
 
 
 def test_global_norms_of_an_empty_tree_are_zero_and_structures_must_match():

@@ -50,7 +50,8 @@ def _tiny_batch(size: int = 8, seed: int = 1) -> dict[str, jax.Array]:
 
 @pytest.fixture(scope='module')
 def tiny():
-  """googlenet_tiny's state (seed 0, EMA on), its compiled train and eval steps."""
+  """googlenet_tiny's state (seed 0, EMA on), its compiled train and eval steps, and its
+  jitted training-mode forward pass (compiled once, for the tests that redo a step's)."""
   config = _config()
   model = models.create_model('googlenet_tiny', num_classes=NUM_CLASSES)
   mesh = sharding_lib.create_mesh()
@@ -58,12 +59,21 @@ def tiny():
   return types.SimpleNamespace(
       config=config, model=model, mesh=mesh, state=state, sharding=sharding,
       step=steps.make_train_step(config, mesh, sharding, FAST),
-      eval_step=steps.make_eval_step(mesh, sharding, FAST))
+      eval_step=steps.make_eval_step(mesh, sharding, FAST),
+      forward=jax.jit(lambda params, images, rng: model.apply(
+          {'params': params}, images, train=True, rngs={'dropout': rng})))
 
 
 def _norm(tree) -> float:
   """The global norm of a tree of host arrays, in float64."""
   return math.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
+
+
+def _top_k_fractions(logits, labels) -> tuple[float, float]:
+  """Top-1 and top-5 accuracy by numpy: the label's rank among the logits."""
+  logits, labels = np.asarray(logits), np.asarray(labels)
+  ranks = (logits > logits[np.arange(len(labels)), labels][:, None]).sum(-1)
+  return float(np.mean(ranks < 1)), float(np.mean(ranks < 5))
 
 
 def _run(tiny, state, steps: int, batch=None):
@@ -141,6 +151,8 @@ def test_step_updates_state_and_reports_every_metric(tiny):
   state = _copy(tiny.state)
   before = jax.device_get(state)
   batch = _tiny_batch()
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 0)
+  logits = tiny.forward(state.params, batch['image'], key).logits  # the step's own
   new_state, metrics = tiny.step(state, batch)
   after, metrics = jax.device_get((new_state, metrics))
   assert set(metrics) == {'loss', 'main_loss', 'aux1_loss', 'aux2_loss', 'top1', 'top5',
@@ -148,7 +160,10 @@ def test_step_updates_state_and_reports_every_metric(tiny):
   assert int(after.step) == 1
   np.testing.assert_allclose(metrics['loss'], metrics['main_loss'] + 0.3 * (
       metrics['aux1_loss'] + metrics['aux2_loss']), rtol=1e-6)
-  assert metrics['top5'] == 1.0  # 5 classes: the label is always in the top 5
+  # Top-1 is right on 3 of the 8 examples; top-5 of 5 classes always is (top-5 proper:
+  # test_step_scores_top1_and_top5_by_the_labels_rank, 10 classes).
+  assert _top_k_fractions(logits, batch['label']) == (3 / 8, 1.0)
+  assert (metrics['top1'], metrics['top5']) == (3 / 8, 1.0)
   lr = optim.create_learning_rate_schedule(tiny.config, 100)(0)
   np.testing.assert_allclose(metrics['learning_rate'], lr, rtol=1e-7)
   np.testing.assert_allclose(metrics['param_norm'], _norm(after.params), rtol=1e-5)
@@ -165,8 +180,7 @@ def test_dropout_key_is_the_base_key_folded_with_the_step(tiny):
   state = _copy(tiny.state)
   batch = _tiny_batch()
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 0)
-  forward = jax.jit(lambda params, images, rng: tiny.model.apply(
-      {'params': params}, images, train=True, rngs={'dropout': rng}))
+  forward = tiny.forward
   output = forward(state.params, batch['image'], key)
   _, metrics = tiny.step(state, batch)
   expected = steps.cross_entropy(output.logits, batch['label']).mean()
@@ -206,16 +220,21 @@ def test_nan_input_stops_with_a_clear_error(tiny):
   batch = _tiny_batch()
   batch['image'] = batch['image'].at[3, 5, 5, 0].set(jnp.nan)
   _, metrics = tiny.step(_copy(tiny.state), batch)
-  with pytest.raises(FloatingPointError, match=r'^step 1: loss is nan; aux1_loss is nan; '):
-    steps.check_finite(jax.device_get(metrics), step=1)
+  record = jax.device_get(steps.track_nonfinite(None, metrics, 1))
+  with pytest.raises(steps.NonFiniteError, match=r'^step 1: loss is nan; aux1_loss is nan; '):
+    steps.check_finite(record)
 
 
-def test_check_finite_names_the_step_and_the_metric():
-  steps.check_finite({'loss': 2.0, 'grad_norm': 1.0, 'top1': float('nan')}, step=3)
-  with pytest.raises(FloatingPointError, match=r'^step 12: grad_norm is inf; .*learning_rate'):
-    steps.check_finite({'loss': np.float32(2.0), 'grad_norm': np.float32(np.inf)}, step=12)
-  with pytest.raises(FloatingPointError, match=r'^step 7: loss is nan'):
-    steps.check_finite({'loss': jnp.float32(jnp.nan)}, step=7)
+def test_nonfinite_record_keeps_the_first_bad_step_and_its_values():
+  finite = {'loss': jnp.float32(2.0), 'grad_norm': jnp.float32(1.0), 'top1': jnp.float32(0.5)}
+  record = steps.track_nonfinite(None, finite, 1)
+  record = steps.track_nonfinite(record, {**finite, 'top1': jnp.float32(jnp.nan)}, 2)
+  steps.check_finite(jax.device_get(record))  # top1 is not watched: no error
+  record = steps.track_nonfinite(record, {**finite, 'grad_norm': jnp.float32(jnp.inf)}, 12)
+  record = steps.track_nonfinite(record, {**finite, 'loss': jnp.float32(jnp.nan)}, 13)
+  with pytest.raises(FloatingPointError, match=r'^step 12: loss is 2.0; grad_norm is inf; '
+                                               r'.*learning_rate'):
+    steps.check_finite(jax.device_get(record))
 
 
 def test_state_saves_and_restores_whole_with_orbax(tiny, tmp_path):
@@ -275,6 +294,22 @@ def _linear_state(config, num_classes: int = 7, image_size: int = 4):
   return state, sharding, mesh
 
 
+def test_step_scores_top1_and_top5_by_the_labels_rank():
+  """10 classes, labels of known rank among each example's own logits (0 = highest)."""
+  config = _config(aux_weight=0.0)
+  state, sharding, mesh = _linear_state(config, num_classes=10)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(8, 4, 4, 3)).astype(np.float32)
+  kernel, bias = (np.asarray(state.params['classifier'][k], np.float64) for k in ('kernel', 'bias'))
+  logits = images.astype(np.float64).mean(axis=(1, 2)) @ kernel + bias  # as _MeanLinear's
+  ranks = np.array([0, 1, 4, 5, 9, 0, 2, 7])  # top-1: 2 of 8; top-5: 5 of 8
+  labels = np.argsort(-logits, axis=-1)[np.arange(8), ranks].astype(np.int32)
+  assert _top_k_fractions(logits, labels) == (2 / 8, 5 / 8)
+  _, metrics = steps.make_train_step(config, mesh, sharding)(
+      state, {'image': images, 'label': labels})
+  assert (float(metrics['top1']), float(metrics['top5'])) == (2 / 8, 5 / 8)
+
+
 def _numpy_eval(params, images, labels, mask):
   """The expected eval counts: softmax averaged over crops, in float64."""
   kernel, bias = (np.asarray(params['classifier'][k], np.float64) for k in ('kernel', 'bias'))
@@ -292,7 +327,7 @@ def _numpy_eval(params, images, labels, mask):
 @pytest.mark.parametrize('crops', [None, 10])
 def test_eval_step_averages_softmax_over_crops_and_counts_masked_in_examples(crops):
   state, sharding, mesh = _linear_state(_config(ema_decay=0.5))
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(1)  # seed 1: top-1 < top-5 < count, so each count is tested
   params = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), state.params)
   ema = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), state.params)
   state = state.replace(params=params, ema_params=ema)
@@ -306,14 +341,17 @@ def test_eval_step_averages_softmax_over_crops_and_counts_masked_in_examples(cro
   for name, value in expected.items():
     np.testing.assert_allclose(got[name], value, rtol=1e-5, err_msg=name)
   assert got['count'] == 6
+  assert 0 < expected['correct_top1'] < expected['correct_top5'] < expected['count']
   assert not np.isclose(_numpy_eval(params, batch['image'], batch['label'],
                                     batch['mask'])['loss_sum'], expected['loss_sum'])
 
 
 def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
   """Two accumulated half batches update like one step on both; EMA follows updates."""
+  # lr_decay_epochs 0.1: the rate drops at every update, so that the rate reported
+  # at step 1 shows whether it is the schedule's at update 1 // 2 = 0, not at 1.
   overrides = dict(recipe='paper', optimizer='sgd', learning_rate=0.5, weight_decay=1e-3,
-                   ema_decay=0.5, aux_weight=0.0, batch_size=4)
+                   ema_decay=0.5, aux_weight=0.0, batch_size=4, lr_decay_epochs=0.1)
   accumulated, sharding_k, mesh = _linear_state(_config(grad_accum_steps=2, **overrides))
   whole, sharding_1, _ = _linear_state(_config(**overrides))
   step_k = steps.make_train_step(_config(grad_accum_steps=2, **overrides), mesh, sharding_k)

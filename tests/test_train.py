@@ -2,11 +2,13 @@
 
 import os
 import pathlib
+import random
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import flax
 import jax
@@ -21,16 +23,21 @@ from inception_jax import finetune
 from inception_jax import metric_logging
 from inception_jax import rundir
 from inception_jax import train
+from helpers import make_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
 
 
 def tiny_config(data_dir: pathlib.Path, **fields):
-  """The default config shrunk to googlenet_tiny and a few steps of 32 digits."""
+  """The default config shrunk to googlenet_bn_tiny (with EMA) and a few steps of 32 digits.
+
+  BatchNorm and EMA make the state hold every kind of leaf a resume must restore.
+  """
   config = default.get_config()
-  config.model = 'googlenet_tiny'
+  config.model = 'googlenet_bn_tiny'
   config.model_options.width = 1 / 8  # the tiny variant's own width, explicit for the CLI
+  config.ema_decay = 0.9
   config.data_dir = str(data_dir)
   config.batch_size = 32
   config.eval_batch_size = 64
@@ -62,21 +69,24 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory, data_dir):
+def trained(tmp_path_factory, digits_data_dir):
   """One uninterrupted run: (config, workdir, final eval metrics)."""
   workdir = tmp_path_factory.mktemp('run')
-  config = tiny_config(data_dir)
+  config = tiny_config(digits_data_dir)
   result = train.train_and_evaluate(config, workdir)
   return config, workdir, result
 
 
 def final_params(workdir: pathlib.Path):
   return checkpointing.load_raw(workdir).state['params']
+
+
+def assert_states_equal(workdir: pathlib.Path, reference_dir: pathlib.Path) -> None:
+  """Every leaf of the newest states (params, batch_stats, opt_state, EMA, step, rng) equal."""
+  got, want = (checkpointing.load_raw(d).state for d in (workdir, reference_dir))
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  assert {'params', 'batch_stats', 'opt_state', 'ema_params', 'step', 'rng'} <= set(want)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
 def test_run_writes_checkpoints_logs_and_curves(trained):
@@ -90,7 +100,7 @@ def test_run_writes_checkpoints_logs_and_curves(trained):
   assert [r['step'] for r in records if 'eval_top1' in r] == [4, 8]
   assert all(np.isfinite(r['train_loss']) for r in records if 'train_loss' in r)
   steps = checkpointing.create_manager(workdir / 'checkpoints', read_only=True).all_steps()
-  assert STEPS in steps and len(steps) <= 4  # newest 3 plus the best evaluation
+  assert sorted(steps) == [4, 6, 8]  # 2, 4, 6, 8 written; newest 3 kept (best eval: 4 or 8)
   assert result['count'] == 360  # every test digit counted once (360 = 5 batches of 64, padded)
 
 
@@ -101,16 +111,36 @@ def test_evaluate_reads_the_checkpoint_back(trained):
   assert member['step'] == STEPS and member['count'] == 360
   assert member['top1'] == pytest.approx(result['top1'], abs=1e-6)
   assert member['loss'] == pytest.approx(result['loss'], rel=1e-4)
-  ensemble = evaluation.evaluate_paths([str(workdir), str(workdir)], 1, [config, config])
-  assert ensemble['ensemble']['top1'] == pytest.approx(member['top1'], abs=1e-6)
 
 
-def _run_cli(config, workdir, *, stop_after_step: int | None = None,
-             stop_signal: int = signal.SIGKILL) -> tuple[int, str]:
-  """Runs `python -m inception_jax train`; optionally signals it once it logs a step."""
+def test_ensemble_averages_the_members_probabilities(trained, tmp_path):
+  config = trained[0]
+  members = [make_run(tmp_path / f'member{seed}', config, seed) for seed in (1, 2)]
+  report = evaluation.evaluate_paths([str(m) for m in members], 1, [config, config])
+  probs = [evaluation.predict_split(evaluation.load_model(m, config), config, 1)
+           for m in members]
+  labels = probs[0][1]
+  average = (probs[0][0] + probs[1][0]) / 2
+  assert not np.array_equal(probs[0][0].argmax(-1), probs[1][0].argmax(-1))  # they disagree
+  assert report['ensemble']['top1'] == pytest.approx(np.mean(average.argmax(-1) == labels))
+  nll = -np.mean(np.log(average[np.arange(len(labels)), labels]))
+  assert report['ensemble']['loss'] == pytest.approx(nll, rel=1e-5)
+  assert [m['top1'] for m in report['models']] == pytest.approx(
+      [np.mean(p.argmax(-1) == labels) for p, _ in probs])
+
+
+def test_ensemble_members_on_other_data_are_refused(trained, tmp_path):
+  config, workdir, _ = trained
+  other_config = tiny_config(pathlib.Path(config.data_dir), image_size=48)
+  with pytest.raises(config_lib.UserError, match='ensemble members disagree on image_size'):
+    evaluation.evaluate_paths([str(workdir), str(workdir)], 1, [config, other_config])
+
+
+def _run_cli(config, workdir, env, *, stop_after_step: int | None = None,
+             stop_signal: int = signal.SIGKILL, delay: float = 0.0) -> tuple[int, str]:
+  """Runs `python -m inception_jax train`; optionally signals it `delay` s after a step's line."""
   cmd = [sys.executable, '-m', 'inception_jax', 'train', '--workdir', str(workdir),
          *overrides(config)]
-  env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   lines = []
@@ -118,6 +148,7 @@ def _run_cli(config, workdir, *, stop_after_step: int | None = None,
     for line in proc.stdout:
       lines.append(line)
       if stop_after_step is not None and line.startswith(f'step {stop_after_step}/'):
+        time.sleep(delay)
         proc.send_signal(stop_signal)
         stop_after_step = None
     return proc.wait(timeout=300), ''.join(lines)
@@ -126,12 +157,18 @@ def _run_cli(config, workdir, *, stop_after_step: int | None = None,
       proc.kill()
 
 
-def test_sigterm_then_kill9_then_resume_is_bit_identical(trained, tmp_path):
+def test_sigterm_then_kill9_then_resume_is_bit_identical(trained, tmp_path, subprocess_env):
   config, reference_dir, _ = trained
   workdir = tmp_path / 'run'
   config = tiny_config(pathlib.Path(config.data_dir))
+  seed = int(os.environ.get('KILL_SEED', time.time_ns() % 10_000))
+  rng = random.Random(seed)
+  # A checkpoint exists from step 2 on; the kill lands anywhere after a later step's line.
+  kill_step, kill_delay = rng.randrange(5, STEPS - 1), rng.uniform(0, 0.5)
+  print(f'KILL_SEED={seed}: SIGKILL {kill_delay:.2f} s after step {kill_step}')
 
-  code, output = _run_cli(config, workdir, stop_after_step=3, stop_signal=signal.SIGTERM)
+  code, output = _run_cli(config, workdir, subprocess_env, stop_after_step=3,
+                          stop_signal=signal.SIGTERM)
   assert code == 0, output
   match = re.search(r'SIGTERM: saved a checkpoint at step (\d+)', output)
   assert match, output
@@ -140,14 +177,16 @@ def test_sigterm_then_kill9_then_resume_is_bit_identical(trained, tmp_path):
   compiled_step = _cached_train_steps(workdir)
   assert compiled_step, 'the first run left no compiled train step in <workdir>/xla_cache'
 
-  code, output = _run_cli(config, workdir, stop_after_step=6)
+  code, output = _run_cli(config, workdir, subprocess_env, stop_after_step=kill_step,
+                          delay=kill_delay)
   assert code == -signal.SIGKILL, output
-  assert 'resuming at step' in output
+  assert f'resuming at step {max(saved)}' in output, output
+  killed_at = checkpointing.create_manager(workdir / 'checkpoints', read_only=True).latest_step()
 
-  code, output = _run_cli(config, workdir)
+  code, output = _run_cli(config, workdir, subprocess_env)
   assert code == 0, output
-  jax.tree.map(np.testing.assert_array_equal, final_params(workdir),
-               final_params(reference_dir))
+  assert f'resuming at step {killed_at}' in output, output
+  assert_states_equal(workdir, reference_dir)
   assert _cached_train_steps(workdir) == compiled_step  # loaded, never compiled again
 
 
@@ -172,18 +211,47 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(trained, tmp_path,
   manager = checkpointing.create_manager(root)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
                           raw.state)
-  restored = checkpointing.restore_latest(manager, abstract, {'model': 'googlenet_tiny'})
+  restored = checkpointing.restore_latest(manager, abstract, {'model': 'googlenet_bn_tiny'})
   assert restored.step == steps[-2]
   assert any('damaged' in r.getMessage() for r in caplog.records)
   assert (root / f'{steps[-1]}.damaged').is_dir()  # kept for inspection, out of the way
   assert manager.latest_step() == steps[-2]
-  jax.tree.map(np.testing.assert_array_equal, restored.state['params'], raw.state['params'])
+  jax.tree.map(np.testing.assert_array_equal, restored.state, raw.state)
+
+
+def test_finished_run_only_reevaluates(trained, tmp_path, capsys):
+  config, reference_dir, result = trained
+  workdir = tmp_path / 'finished'
+  shutil.copytree(reference_dir, workdir)
+  checkpoints = {p: p.stat().st_mtime_ns for p in (workdir / 'checkpoints').rglob('*')}
+  capsys.readouterr()
+  again = train.train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  assert f'resuming at step {STEPS}' in out and f'eval at step {STEPS}:' in out, out
+  assert 'compiled the training step' not in out and not re.search(r'^step \d', out, re.M), out
+  assert {p: p.stat().st_mtime_ns for p in (workdir / 'checkpoints').rglob('*')} == checkpoints
+  assert again['top1'] == result['top1'] and again['count'] == result['count']
+  assert again['loss'] == pytest.approx(result['loss'], rel=1e-6)
+
+
+def test_init_from_a_run_with_the_same_classes_starts_from_all_its_weights(trained, tmp_path,
+                                                                           capsys):
+  config, source_dir, _ = trained
+  # A learning rate of 0 leaves the loaded parameters as they are: the run's final
+  # parameters are then exactly what init_from loaded.
+  tuned = tiny_config(pathlib.Path(config.data_dir), init_from=str(source_dir),
+                      learning_rate=0.0, num_train_steps=2, eval_every_steps=2)
+  train.train_and_evaluate(tuned, tmp_path / 'tuned')
+  assert 're-initialized' not in capsys.readouterr().out  # same classes: classifiers kept
+  got, source = (checkpointing.load_raw(d).state for d in (tmp_path / 'tuned', source_dir))
+  jax.tree.map(np.testing.assert_array_equal, got['params'], source['params'])
+  assert int(got['step']) == 2
 
 
 def test_checkpoint_of_another_model_is_refused(trained):
   config, workdir, _ = trained
-  other = tiny_config(pathlib.Path(config.data_dir), model='googlenet_bn_tiny')
-  with pytest.raises(checkpointing.CheckpointMismatchError, match='googlenet_bn_tiny'):
+  other = tiny_config(pathlib.Path(config.data_dir), model='googlenet_tiny')
+  with pytest.raises(checkpointing.CheckpointMismatchError, match='googlenet_tiny'):
     train.train_and_evaluate(other, workdir)
 
 

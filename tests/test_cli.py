@@ -1,0 +1,257 @@
+"""The command line on bad input: one line that names the cause and the fix, at start.
+
+Commands run in this process through `cli.main(argv)`: a refusal is a SystemExit
+whose message Python prints alone (no traceback) with exit status 1; one case
+runs as a real process to check exactly that. Run directories are written with
+random weights (`convert.write_run`), so nothing here trains a model.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from experiments.configs import default
+from helpers import make_run
+from inception_jax import checkpointing
+from inception_jax import cli
+from inception_jax import config as config_lib
+from inception_jax import metric_logging
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT = str(ROOT / 'experiments' / 'configs' / 'default.py')
+
+
+def tiny(data_dir: pathlib.Path, **fields):
+  """The default config at googlenet_bn_tiny's size on the digits; `fields` override."""
+  config = default.get_config()
+  config.model = 'googlenet_bn_tiny'
+  config.model_options.width = 1 / 8
+  config.data_dir = str(data_dir)
+  config.batch_size = config.eval_batch_size = 32
+  config.num_train_steps = 4
+  config.warmup_epochs = 0.0
+  for key, value in fields.items():
+    config[key] = value
+  return config
+
+
+def flags(config) -> list[str]:
+  """The overrides that turn default.py into `config`."""
+  base = default.get_config()
+  return [f'--config.{k}={v}' for k, v in _flat(config.to_dict()).items()
+          if _flat(base.to_dict())[k] != v]
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    out.update(_flat(value, f'{prefix}{key}.') if isinstance(value, dict)
+               else {f'{prefix}{key}': value})
+  return out
+
+
+def refusal(argv: list[str]) -> str:
+  """The message `cli.main(argv)` exits with; fails unless it is a one-line-style refusal."""
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(argv)
+  message = exit_info.value.code
+  assert isinstance(message, str) and message.startswith('error: '), message
+  return message
+
+
+def write_png(path: pathlib.Path, value: int) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(np.full((20, 20, 3), value, np.uint8)).save(path)
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory) -> pathlib.Path:
+  """An image folder of 3 classes: train/ (4 images each) and test/ (2 each)."""
+  root = tmp_path_factory.mktemp('folder')
+  for split, count in (('train', 4), ('test', 2)):
+    for label, name in enumerate(('a', 'b', 'c')):
+      for i in range(count):
+        write_png(root / split / name / f'{i}.png', 60 * label + 10 * i)
+  return root
+
+
+def folder_config(root: pathlib.Path, **fields):
+  return tiny(pathlib.Path(''), dataset='image_folder', image_folder=str(root), batch_size=4,
+              eval_batch_size=4, **fields)
+
+
+def test_resuming_with_another_model_is_refused_at_start_and_leaves_config_json(
+    digits_data_dir, tmp_path, capsys):
+  run = make_run(tmp_path / 'run', tiny(digits_data_dir))
+  saved = (run / 'config.json').read_bytes()
+  message = refusal(['train', '--workdir', str(run), '--config', DEFAULT,
+                     *flags(tiny(digits_data_dir, model='googlenet_tiny'))])
+  assert "model: checkpoint has 'googlenet_bn_tiny', config asks for 'googlenet_tiny'" in message
+  assert 'Use another work directory' in message
+  assert (run / 'config.json').read_bytes() == saved
+  assert 'compiled' not in capsys.readouterr().out  # refused before compiling anything
+
+
+@pytest.mark.parametrize('field,value,shown', [
+    ('image_size', 48, "image_size: checkpoint has 32, config asks for 48"),
+    ('dataset', 'image_folder', "dataset: checkpoint has 'sklearn_digits', config asks for "
+                                "'image_folder'"),
+])
+def test_resuming_with_other_data_is_refused_at_start(digits_data_dir, folder, tmp_path, field,
+                                                      value, shown):
+  run = make_run(tmp_path / 'run', tiny(digits_data_dir))
+  saved = (run / 'config.json').read_bytes()
+  changed = (tiny(digits_data_dir, image_size=48) if field == 'image_size'
+             else folder_config(folder))
+  assert changed[field] == value
+  message = refusal(['train', '--workdir', str(run), *flags(changed)])
+  assert shown in message, message
+  assert (run / 'config.json').read_bytes() == saved
+
+
+def test_all_checkpoints_damaged_is_refused_and_leaves_config_json(digits_data_dir, tmp_path):
+  config = tiny(digits_data_dir)
+  run = make_run(tmp_path / 'run', config)
+  saved = (run / 'config.json').read_bytes()
+  for f in (run / 'checkpoints' / '0' / 'state').rglob('*'):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(b'damaged')
+  message = refusal(['train', '--workdir', str(run), *flags(config)])
+  assert 'no checkpoint in' in message and 'could be restored' in message
+  assert 'Move the directory aside to start over' in message
+  assert (run / 'config.json').read_bytes() == saved
+
+
+def test_misspelt_field_in_a_config_file_names_the_field_and_the_line(tmp_path):
+  path = tmp_path / 'typo.py'
+  path.write_text('from experiments.configs import default\n\n\ndef get_config():\n'
+                  '  config = default.get_config()\n  config.learnig_rate = 0.1\n'
+                  '  return config\n')
+  message = refusal(['train', '--config', str(path), '--workdir', str(tmp_path / 'run')])
+  assert f"{path}, line 6: unknown config field 'learnig_rate'" in message
+  assert "did you mean 'learning_rate'" in message
+  assert not (tmp_path / 'run').exists()
+
+
+def test_config_that_does_not_fit_exits_1_with_one_message_and_no_traceback(
+    digits_data_dir, tmp_path, subprocess_env):
+  # The default config warms up for one epoch (22 steps): 20 steps cannot hold it.
+  done = subprocess.run(
+      [sys.executable, '-m', 'inception_jax', 'train', '--workdir', str(tmp_path / 'run'),
+       f'--config.data_dir={digits_data_dir}', '--config.num_train_steps=20'],
+      cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 1, done.stdout + done.stderr
+  assert 'Traceback' not in done.stderr, done.stderr
+  assert done.stderr.strip().splitlines()[-1].startswith('error: the warm-up (22 updates) '
+                                                          'must be shorter'), done.stderr
+
+
+def test_override_with_a_space_before_its_value_is_taken(digits_data_dir, tmp_path):
+  message = refusal(['train', '--workdir', str(tmp_path / 'run'),
+                     f'--config.data_dir={digits_data_dir}', '--config.batch_size', '2000'])
+  assert 'batch_size 2000 exceeds the train split (1437 examples)' in message
+
+
+def test_bad_image_with_on_bad_image_fail_is_refused_before_compiling(folder, tmp_path,
+                                                                      capsys):
+  root = tmp_path / 'folder'
+  for path in folder.rglob('*.png'):
+    write_png(root / path.relative_to(folder), 0)
+  (root / 'train' / 'b' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not a JPEG')
+  message = refusal(['train', '--workdir', str(tmp_path / 'run'),
+                     *flags(folder_config(root, on_bad_image='fail'))])
+  assert "1 bad image file(s) in split 'train'" in message and 'broken.jpg' in message
+  assert "set on_bad_image='skip'" in message
+  out = capsys.readouterr().out
+  assert 'compiled' not in out and 'step' not in out, out
+
+
+def test_nonfinite_loss_names_the_step_it_first_appeared_and_saves_nothing_after(
+    digits_data_dir, tmp_path):
+  # A huge learning rate blows the weights up after the first update; the loss or a
+  # norm turns non-finite within a few steps. With log lines every step, the run
+  # also checks every step, so it names the first such step: the reference.
+  config = tiny(digits_data_dir, learning_rate=1e30, num_train_steps=12, log_every_steps=1,
+                checkpoint_every_steps=1, eval_every_steps=100)
+  reference = refusal(['train', '--workdir', str(tmp_path / 'each'), *flags(config)])
+  first = int(reference.split('step ')[1].split(':')[0])
+  assert 1 <= first < 6, reference
+  logged = [r['step'] for r in metric_logging.read_metrics(tmp_path / 'each')
+            if 'train_loss' in r]
+  assert logged == list(range(1, first))  # every step before it was finite and logged
+  steps = checkpointing.create_manager(tmp_path / 'each' / 'checkpoints',
+                                       read_only=True).all_steps()
+  assert max(steps, default=0) < first  # nothing non-finite saved
+
+  config.log_every_steps = config.checkpoint_every_steps = 6
+  message = refusal(['train', '--workdir', str(tmp_path / 'sparse'), *flags(config)])
+  assert message.startswith(f'error: step {first}: '), (message, reference)
+  assert 'Lower learning_rate' in message
+  assert not list((tmp_path / 'sparse' / 'checkpoints').glob('[0-9]*'))
+
+
+def test_evaluate_of_an_empty_split_is_refused(folder, tmp_path):
+  root = tmp_path / 'folder'
+  for path in (folder / 'train').rglob('*.png'):
+    write_png(root / path.relative_to(folder), 0)
+  for name in ('a', 'b', 'c'):
+    (root / 'test' / name).mkdir(parents=True)
+  run = make_run(tmp_path / 'run', folder_config(root))
+  message = refusal(['evaluate', str(run)])
+  assert "split 'test' of" in message and 'has no examples' in message
+
+
+def test_evaluate_on_a_data_set_with_other_classes_is_refused(digits_data_dir, folder,
+                                                              tmp_path):
+  run = make_run(tmp_path / 'run', tiny(digits_data_dir))
+  message = refusal(['evaluate', str(run), '--config.dataset=image_folder',
+                     f'--config.image_folder={folder}', '--config.eval_batch_size=4'])
+  assert 'was trained on 10 classes, but image_folder has 3' in message
+
+
+def test_evaluate_skips_a_corrupt_image_of_the_split_or_refuses_it(folder, tmp_path, capsys):
+  root = tmp_path / 'folder'
+  for path in folder.rglob('*.png'):
+    write_png(root / path.relative_to(folder), 0)
+  (root / 'test' / 'a' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not a JPEG')
+  run = make_run(tmp_path / 'run', folder_config(root))
+  cli.main(['evaluate', str(run), '--json', str(tmp_path / 'report.json')])
+  report = json.loads((tmp_path / 'report.json').read_text())
+  assert report['models'][0]['count'] == 6  # the 6 good test images, the broken one left out
+  message = refusal(['evaluate', str(run), '--config.on_bad_image=fail'])
+  assert "1 bad image file(s) in split 'test'" in message and 'broken.jpg' in message
+
+
+def test_evaluate_and_plot_through_the_command_line(digits_data_dir, tmp_path, capsys):
+  run = make_run(tmp_path / 'run', tiny(digits_data_dir))
+  cli.main(['evaluate', str(run), '--json', str(tmp_path / 'report.json')])
+  out = capsys.readouterr().out
+  report = json.loads((tmp_path / 'report.json').read_text())
+  member = report['models'][0]
+  assert member['count'] == 360 and member['step'] == 0
+  assert f"| {run} (step 0) | 1 | {member['top1']:.4f} |" in out
+  writer = metric_logging.MetricWriter(run, enabled=True)
+  for step in (1, 2, 3):
+    writer.write(step, {'train_loss': 2.0 / step, 'train_learning_rate': 0.1})
+  writer.write(3, {'eval_top1': 0.5})
+  writer.close()
+  cli.main(['plot', str(run)])
+  assert f'wrote {run / metric_logging.CURVES_FILE}' in capsys.readouterr().out
+  assert (run / metric_logging.CURVES_FILE).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_plot_of_a_directory_without_metrics_is_refused(tmp_path):
+  assert 'has no metrics to plot' in refusal(['plot', str(tmp_path)])
+
+
+def test_space_separated_override_parses_like_the_equals_form():
+  spaced = config_lib.load(DEFAULT, ['--config.batch_size', '128',
+                                     '--config.model_options.width', '0.25'])
+  assert spaced.batch_size == 128 and spaced.model_options.width == 0.25
+  with pytest.raises(config_lib.ConfigError, match=r"unrecognized arguments \['extra'\]"):
+    config_lib.load(DEFAULT, ['--config.batch_size', '128', 'extra'])
