@@ -17,6 +17,7 @@ import pytest
 
 from experiments.configs import default
 from helpers import make_run
+from test_train import overrides
 from inception_jax import checkpointing
 from inception_jax import cli
 from inception_jax import config as config_lib
@@ -38,21 +39,6 @@ def tiny(data_dir: pathlib.Path, **fields):
   for key, value in fields.items():
     config[key] = value
   return config
-
-
-def flags(config) -> list[str]:
-  """The overrides that turn default.py into `config`."""
-  base = default.get_config()
-  return [f'--config.{k}={v}' for k, v in _flat(config.to_dict()).items()
-          if _flat(base.to_dict())[k] != v]
-
-
-def _flat(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    out.update(_flat(value, f'{prefix}{key}.') if isinstance(value, dict)
-               else {f'{prefix}{key}': value})
-  return out
 
 
 def refusal(argv: list[str]) -> str:
@@ -90,7 +76,7 @@ def test_resuming_with_another_model_is_refused_at_start_and_leaves_config_json(
   run = make_run(tmp_path / 'run', tiny(digits_data_dir))
   saved = (run / 'config.json').read_bytes()
   message = refusal(['train', '--workdir', str(run), '--config', DEFAULT,
-                     *flags(tiny(digits_data_dir, model='googlenet_tiny'))])
+                     *overrides(tiny(digits_data_dir, model='googlenet_tiny'))])
   assert "model: checkpoint has 'googlenet_bn_tiny', config asks for 'googlenet_tiny'" in message
   assert 'Use another work directory' in message
   assert (run / 'config.json').read_bytes() == saved
@@ -109,7 +95,7 @@ def test_resuming_with_other_data_is_refused_at_start(digits_data_dir, folder, t
   changed = (tiny(digits_data_dir, image_size=48) if field == 'image_size'
              else folder_config(folder))
   assert changed[field] == value
-  message = refusal(['train', '--workdir', str(run), *flags(changed)])
+  message = refusal(['train', '--workdir', str(run), *overrides(changed)])
   assert shown in message, message
   assert (run / 'config.json').read_bytes() == saved
 
@@ -121,7 +107,7 @@ def test_all_checkpoints_damaged_is_refused_and_leaves_config_json(digits_data_d
   for f in (run / 'checkpoints' / '0' / 'state').rglob('*'):
     if f.is_file() and f.stat().st_size > 0:
       f.write_bytes(b'damaged')
-  message = refusal(['train', '--workdir', str(run), *flags(config)])
+  message = refusal(['train', '--workdir', str(run), *overrides(config)])
   assert 'no checkpoint in' in message and 'could be restored' in message
   assert 'Move the directory aside to start over' in message
   assert (run / 'config.json').read_bytes() == saved
@@ -164,7 +150,7 @@ def test_bad_image_with_on_bad_image_fail_is_refused_before_compiling(folder, tm
     write_png(root / path.relative_to(folder), 0)
   (root / 'train' / 'b' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not a JPEG')
   message = refusal(['train', '--workdir', str(tmp_path / 'run'),
-                     *flags(folder_config(root, on_bad_image='fail'))])
+                     *overrides(folder_config(root, on_bad_image='fail'))])
   assert "1 bad image file(s) in split 'train'" in message and 'broken.jpg' in message
   assert "set on_bad_image='skip'" in message
   out = capsys.readouterr().out
@@ -178,7 +164,7 @@ def test_nonfinite_loss_names_the_step_it_first_appeared_and_saves_nothing_after
   # also checks every step, so it names the first such step: the reference.
   config = tiny(digits_data_dir, learning_rate=1e30, num_train_steps=12, log_every_steps=1,
                 checkpoint_every_steps=1, eval_every_steps=100)
-  reference = refusal(['train', '--workdir', str(tmp_path / 'each'), *flags(config)])
+  reference = refusal(['train', '--workdir', str(tmp_path / 'each'), *overrides(config)])
   first = int(reference.split('step ')[1].split(':')[0])
   assert 1 <= first < 6, reference
   logged = [r['step'] for r in metric_logging.read_metrics(tmp_path / 'each')
@@ -189,7 +175,7 @@ def test_nonfinite_loss_names_the_step_it_first_appeared_and_saves_nothing_after
   assert max(steps, default=0) < first  # nothing non-finite saved
 
   config.log_every_steps = config.checkpoint_every_steps = 6
-  message = refusal(['train', '--workdir', str(tmp_path / 'sparse'), *flags(config)])
+  message = refusal(['train', '--workdir', str(tmp_path / 'sparse'), *overrides(config)])
   assert message.startswith(f'error: step {first}: '), (message, reference)
   assert 'Lower learning_rate' in message
   assert not list((tmp_path / 'sparse' / 'checkpoints').glob('[0-9]*'))
