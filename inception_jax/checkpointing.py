@@ -97,10 +97,15 @@ def check_newest_meta(manager: ocp.CheckpointManager, expected: dict[str, Any]) 
   if step is None:
     return
   try:
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    meta = _read_meta(manager, step)
   except Exception:  # pylint: disable=broad-except
     return
   check_meta(meta, expected, str(manager.directory))
+
+
+def _read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The JSON record saved with `step` (raises if it cannot be read)."""
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
@@ -114,7 +119,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   failures, damaged = [], []
   for step in steps:
     try:
-      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      meta = _read_meta(manager, step)
       check_meta(meta, expected_meta, str(manager.directory))
       state = manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))['state']

@@ -85,8 +85,8 @@ def evaluate_paths(paths: Sequence[str], crops: int,
         raise config_lib.UserError(
             f'ensemble members disagree on {field}: {loaded[0].path} has '
             f'{data_config[field]!r}, {other.path} has {other.config[field]!r}.')
-  input_pipeline.check_splits(data_config, (data_config.eval_split,))
   info = input_pipeline.get_dataset_info(data_config)
+  input_pipeline.check_splits(data_config, info, (data_config.eval_split,))
   for member in loaded:
     if member.meta['num_classes'] != info.num_classes:
       raise config_lib.UserError(

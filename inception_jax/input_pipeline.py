@@ -100,15 +100,17 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
                      split_sizes=split_sizes)
 
 
-def check_splits(config: ml_collections.ConfigDict, splits: Sequence[str]) -> None:
+def check_splits(config: ml_collections.ConfigDict, info: DatasetInfo,
+                 splits: Sequence[str]) -> None:
   """Refuses, before anything compiles, a split without examples or with bad images.
 
-  A split of an image folder is read and checked here (once: the result is
-  cached for the pipelines), so `on_bad_image='fail'` refuses at start. Raises
-  ConfigError or BadImageError naming the split and what to do.
+  `info` is the data set's `get_dataset_info`. A split of an image folder is read
+  and checked here (once: the result is cached for the pipelines), so
+  `on_bad_image='fail'` refuses at start. Raises ConfigError or BadImageError
+  naming the split and what to do.
   """
   for split in splits:
-    if _split_size(config, split) < 1:
+    if info.split_sizes[split] < 1:
       where = config.image_folder if config.dataset == IMAGE_FOLDER else config.dataset
       raise config_lib.ConfigError(
           f"split '{split}' of {where} has no examples; point the config at a split "

@@ -102,7 +102,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
   resumed_fields = {k: meta[k] for k in RESUME_FIELDS}
   # Refused at start, before config.json is touched or anything compiles.
   checkpointing.check_newest_meta(manager, resumed_fields)
-  input_pipeline.check_splits(config, (config.train_split, config.eval_split))
+  input_pipeline.check_splits(config, info, (config.train_split, config.eval_split))
   mesh = sharding.create_mesh()
   model = rundir.build_model(config, info.num_classes)
   steps_per_epoch = info.split_sizes[config.train_split] // config.batch_size
