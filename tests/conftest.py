@@ -15,9 +15,8 @@ import pytest
 # first path operation, so this comes before any test touches a path.
 os.environ.setdefault('EPATH_USE_TF', 'false')
 
-# The tests' programs are compiled once and run a few steps: XLA's backend
-# optimizations would cost most of the suite's time (a tiny model's training step
-# compiles about five times faster without them). Every process of the session
+# The tests' programs are compiled once and run a few steps, so XLA's backend
+# optimizations would cost far more compile time than they save. Every process of the session
 # (subprocesses inherit it) compiles the same way, so bit-for-bit comparisons
 # between them hold. Read when JAX starts its backend, after this module.
 FAST_COMPILE_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
