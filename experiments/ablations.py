@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from experiments import compilation_cache
-from experiments.configs import default
+from inception_jax.configs import default
 from inception_jax import metric_logging
 from inception_jax import train
 

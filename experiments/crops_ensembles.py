@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from experiments import compilation_cache
-from experiments.configs import default
+from inception_jax.configs import default
 from inception_jax import config as config_lib
 from inception_jax import evaluation
 from inception_jax import metrics as metrics_lib

@@ -1,0 +1,37 @@
+"""GoogLeNet / Inception v1 (Szegedy et al. 2014) in JAX/Flax.
+
+The public Python API; each name is imported on first use, so that importing the
+package (and `python -m inception_jax --help`) loads neither JAX nor TensorFlow:
+
+  import inception_jax
+  model = inception_jax.create_model('googlenet', num_classes=1000)
+  predictor = inception_jax.Predictor('workdirs/default')  # a trained run
+  predictions, skipped = predictor.predict(['digit.png'])
+"""
+
+import importlib
+from typing import Any
+
+__version__ = '0.1.0'
+
+_PUBLIC = {
+    'create_model': 'inception_jax.models',
+    'GoogLeNet': 'inception_jax.models',
+    'ModelOutput': 'inception_jax.models',
+    'extract_features': 'inception_jax.models',
+    'init_variables': 'inception_jax.models',
+    'Predictor': 'inception_jax.inference',
+    'Prediction': 'inception_jax.inference',
+}
+
+__all__ = ['__version__', *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+  if name not in _PUBLIC:
+    raise AttributeError(f'module inception_jax has no attribute {name!r}')
+  return getattr(importlib.import_module(_PUBLIC[name]), name)
+
+
+def __dir__() -> list[str]:
+  return sorted(__all__)

@@ -257,8 +257,8 @@ def time_interleaved(runners: Sequence[Runner], repeats: int, warmup: int,
   them a step pays for the others' having run in between: on virtual machines
   that hand idle freed memory back to the host (virtio-balloon free page
   reporting), XLA's temporaries, freed at the end of each step, are faulted back
-  in from the host; JAX's b32/224 training step took 4.4-4.9 s after 3.5 s idle
-  against 2.9-3.1 s back to back (2 cores, AMD EPYC Zen 3, 2026-11-27).
+  in from the host, which slows the step that follows an idle pause (measurements:
+  docs/performance.md).
   """
   for runner in runners:
     for _ in range(warmup):

@@ -15,13 +15,13 @@ import pathlib
 import sys
 from typing import Sequence
 
+import inception_jax
 from inception_jax import config as config_lib
 from inception_jax import host_memory
 from inception_jax import preemption
 
 DATA_COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert')  # these run TensorFlow
 
-DEFAULT_CONFIG = config_lib.CONFIGS / 'default.py'
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -43,8 +43,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
   p = subparsers.add_parser(
       'train', help='train and evaluate (resumes from the work directory\'s newest checkpoint)',
       epilog='Any config field can be overridden: --config.batch_size=128.')
-  p.add_argument('--config', default=str(DEFAULT_CONFIG),
-                 help='a get_config() file (default: experiments/configs/default.py)')
+  p.add_argument('--config', default='default',
+                 help="a shipped config's name (%s) or a get_config() file (default: "
+                 'default)' % ', '.join(config_lib.shipped_configs()))
   p.add_argument('--workdir', help='checkpoints, logs and curves: a local folder or a URI '
                  'such as gs://bucket/run (default: workdirs/<config>)')
   p.set_defaults(run=_train)
@@ -116,6 +117,8 @@ def _add_summary(subparsers: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
   """The parser with one sub-command per job."""
   parser = argparse.ArgumentParser(prog='python -m inception_jax', description=__doc__)
+  parser.add_argument('--version', action='version',
+                      version=f'%(prog)s {inception_jax.__version__}')
   subparsers = parser.add_subparsers(dest='command', required=True)
   _add_summary(subparsers)
   _add_train(subparsers)

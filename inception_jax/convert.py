@@ -24,7 +24,7 @@ scale, RGB), so that evaluate, predict and export feed what the weights expect:
     reversed, so the model reads RGB with mean (123, 117, 104) and std 1.
 
 OUT is a run directory like training writes: `config.json` (from
-`experiments/configs/imagenet_bn.py` or `imagenet_paper.py`) and `checkpoints/0/`.
+the shipped config `imagenet_bn` or `imagenet_paper`) and `checkpoints/0/`.
 `evaluate`, `predict`, `export` and `--config.init_from` accept it.
 """
 
@@ -287,7 +287,7 @@ def converted_config(base: str, variables: Variables,
                      mean_std: tuple[tuple[float, ...], tuple[float, ...]]
                      ) -> ml_collections.ConfigDict:
   """The experiment config `base` (e.g. 'imagenet_bn') for converted `variables`."""
-  config = config_lib.load(config_lib.CONFIGS / f'{base}.py')
+  config = config_lib.load(base)
   config.mean_rgb, config.std_rgb = mean_std
   if 'aux1' not in variables['params']:
     config.model_options.aux_heads = False

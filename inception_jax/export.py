@@ -91,6 +91,27 @@ def write_saved_model(loaded: evaluation.LoadedModel, directory: str | pathlib.P
       lambda images: {'logits': logits(images)}, autograph=False,
       input_signature=[tf.TensorSpec([None, size, size, 3], _TF_DTYPES[input_kind], 'images')])
   tf.saved_model.save(module, str(directory), signatures={'serving_default': module.serve})
+  _check_tensorflow_runs(directory, size, input_kind)
+
+
+def _check_tensorflow_runs(directory: str | pathlib.Path, size: int, input_kind: str) -> None:
+  """Runs the SavedModel once in TensorFlow; removes it and raises UserError if it cannot.
+
+  jax writes its program as StableHLO, which a TensorFlow older than the running jax
+  may be unable to read: such a SavedModel would only fail where it is served.
+  """
+  serve = tf.saved_model.load(str(directory)).signatures['serving_default']
+  try:
+    serve(images=tf.zeros([1, size, size, 3], _TF_DTYPES[input_kind]))
+  except tf.errors.InvalidArgumentError as e:
+    if 'deserialize' not in str(e):
+      raise
+    tf.io.gfile.rmtree(str(directory))
+    raise config_lib.UserError(
+        f'TensorFlow {tf.__version__} cannot run the StableHLO that jax {jax.__version__} '
+        f'writes ({str(e).splitlines()[0][:160]}...); no SavedModel written. Use a '
+        'TensorFlow release at least as new as this jax, or the versions of '
+        'requirements.txt; the jax.export artifact needs no TensorFlow.') from None
 
 
 def sidecar(loaded: evaluation.LoadedModel, exported: jax_export.Exported, input_kind: str,

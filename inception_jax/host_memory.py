@@ -37,11 +37,11 @@ def environment_with_huge_pages(
     libc_version: tuple[int, int] | None) -> dict[str, str] | None:
   """`env` with glibc's malloc asked to back its blocks with huge pages; None if unchanged.
 
-  XLA's CPU runtime allocates the training step's temporary buffer (1.7 GB for
-  googlenet_bn at batch 32, 224x224) afresh each step; glibc maps it with mmap and
-  the kernel faults it in 4 KiB at a time: 441K page faults and ~18 % of the step
-  in the kernel. With the tunable (glibc >= 2.35) malloc madvises its mappings
-  for transparent huge pages: ~1.6K faults per step. It only matters in the
+  XLA's CPU runtime allocates the training step's large temporary buffer afresh
+  each step; glibc maps it with mmap and the kernel faults it in 4 KiB at a time,
+  which costs a noticeable share of the step. With the tunable (glibc >= 2.35)
+  malloc madvises its mappings for transparent huge pages, which need far fewer
+  faults (measurements: docs/performance.md). It only matters in the
   kernel's 'madvise' mode ('always' already gives huge pages, 'never' refuses
   them). A `glibc.malloc.hugetlb` value already in GLIBC_TUNABLES wins (set it
   to 0 to opt out).
@@ -91,10 +91,9 @@ def restart_with_huge_pages() -> None:
 def release_free_memory() -> None:
   """Returns the memory malloc holds free to the operating system (glibc's `malloc_trim`).
 
-  Compiling the training step frees about 1 GB that glibc keeps in its arenas
-  (googlenet_bn, batch 32 at 224: 1.59 GB resident after the compile, 0.55 GB
-  after this call); kept, it stays resident under the step's own buffers for the
-  whole run. Call it after compiling. A no-op where the C library has no
+  Compiling the training step frees memory that glibc keeps in its arenas; kept,
+  it stays resident under the step's own buffers for the whole run. Call it after
+  compiling. A no-op where the C library has no
   `malloc_trim` (macOS, musl).
   """
   name = ctypes.util.find_library('c')

@@ -17,13 +17,15 @@ rounding) and runs unchanged on every backend; only the formulation differs:
     `select_and_scatter`, which is several times slower on CPU. Ties send the
     gradient to the first maximum of the window in row-major order, as
     `select_and_scatter` does, so the gradient is the same as `jax.grad`'s.
-    Storing offsets instead of the pool's input and output also frees memory
-    (the training step's peak at batch 32, 224x224: 2.1 vs 2.5 GB).
+    Storing offsets instead of the pool's input and output also lowers the
+    training step's peak memory.
 
   * `batch_norm_relu`: training-mode BatchNorm followed by ReLU with a
     hand-written gradient: one reduction and one elementwise pass over the
     input and the output gradient, where autodiff of the two layers makes
-    several (1.4-1.9x faster on its own on GoogLeNet's shapes at batch 32).
+    several.
+
+Measurements of each: docs/performance.md.
 """
 
 import functools
@@ -73,8 +75,8 @@ def pointwise(x: Array, kernel: Array) -> Array:
   """[..., Cin] x [Cin, Cout] → [..., Cout]: a 1x1 convolution as a matrix product.
 
   The product is taken on `x` flattened to [rows, Cin], so the kernel's gradient
-  is a plain two-dimensional product too (2-3x faster on CPU than contracting
-  batch, height and width as three dimensions).
+  is a plain two-dimensional product too, which is faster on CPU than contracting
+  batch, height and width as three dimensions.
   """
   rows = x.reshape(-1, x.shape[-1])
   return lax.dot_general(rows, kernel, (((1,), (0,)), ((), ()))).reshape(
@@ -87,7 +89,7 @@ def patches_conv2d(x: Array, kernel: Array, stride: int = 1,
 
   Used where the kernel is larger than the input (the last inception blocks on
   small images: a 3x3 on 2x2, a 5x5 on 4x4), where XLA's CPU convolution is
-  8-18x slower than this product (forward, batch 128, measured on 2 cores).
+  much slower than this product.
   """
   kh, kw, cin, cout = kernel.shape
   padded = _pad_cells(x, padding, 0)
@@ -128,8 +130,8 @@ def _window_cells(padded: Array, i: int, j: int, out_hw: tuple[int, int], stride
 def _reduce_max(x: Array, window: int, stride: int, padding: Padding) -> Array:
   """The window maxima as a max over rows of a max over columns.
 
-  Exact, and 2-10x faster on CPU than XLA's two-dimensional reduce_window on
-  GoogLeNet's pools except the first (3x3/2 on 112x112x64: 20 vs 16 ms).
+  Exact, and faster on CPU than XLA's two-dimensional reduce_window on all of
+  GoogLeNet's pools but the first.
   """
   init = jnp.array(-jnp.inf, x.dtype)
   (top, bottom), (left, right) = padding
@@ -148,8 +150,7 @@ def _max_and_offsets(x: Array, window: int, stride: int, padding: Padding
   """The window maxima and, per output, the row-major offset i * window + j of the
   first window cell holding the maximum, the cell `select_and_scatter` picks
   (the first cell where all are -inf, padding included). One pass over the window
-  cells (faster than `_reduce_max` and a second pass for the offsets: 104 vs 130 ms
-  summed over GoogLeNet's pools at batch 32)."""
+  cells, which is faster than `_reduce_max` followed by a second pass for the offsets."""
   padded = _pad_cells(x, padding, -jnp.inf)
   batch, height, width, channels = padded.shape
   out_hw = ((height - window) // stride + 1, (width - window) // stride + 1)

@@ -5,6 +5,7 @@ imported after it, torch's triton import crashes the process (segmentation fault
 seen with torch 2.14.1 and tensorflow-cpu 2.21.0).
 """
 
+import importlib.metadata
 import importlib.util
 import os
 import pathlib
@@ -20,6 +21,9 @@ os.environ.setdefault('EPATH_USE_TF', 'false')
 # (subprocesses inherit it) compiles the same way, so bit-for-bit comparisons
 # between them hold. Read when JAX starts its backend, after this module.
 FAST_COMPILE_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+# An unknown flag here aborts every process, and jaxlib 0.12 no longer knows this one.
+if tuple(int(part) for part in importlib.metadata.version('jaxlib').split('.')[:2]) < (0, 12):
+  FAST_COMPILE_FLAGS += ' --xla_cpu_use_fusion_emitters=false'
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
 
 if importlib.util.find_spec('torch') is not None:
@@ -46,14 +50,18 @@ def digits_data_dir(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache_dir(tmp_path_factory) -> pathlib.Path:
-  """One persistent compilation cache for the session's processes.
+  """One persistent compilation cache for the session's processes (and xdist workers).
 
   A program compiled once (a tiny model's training step, say) loads from it in
   later tests and in subprocesses. Set before this process compiles anything, so
   in-process runs of `train` keep this directory rather than their work directory's.
   """
   from inception_jax import compilation_cache  # pylint: disable=import-outside-toplevel
-  directory = tmp_path_factory.mktemp('xla_cache')
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):  # one cache for all of pytest-xdist's workers
+    root = root.parent
+  directory = root / 'xla_cache'
+  directory.mkdir(exist_ok=True)
   compilation_cache.use_persistent_cache(str(directory))
   return directory
 
@@ -68,3 +76,8 @@ def subprocess_env(compilation_cache_dir) -> dict[str, str]:
   return {**os.environ, 'PYTHONUNBUFFERED': '1', 'PYTHONPATH': str(ROOT),
           'JAX_COMPILATION_CACHE_DIR': str(compilation_cache_dir),
           'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5'}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+  """The slow tests first, so that pytest-xdist's workers run the rest beside them."""
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)

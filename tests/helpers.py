@@ -1,5 +1,6 @@
 """Helpers shared by the test modules (import as `from helpers import ...`)."""
 
+import argparse
 import math
 import pathlib
 
@@ -36,3 +37,11 @@ def make_run(directory, config, seed: int = 0):
   convert.write_run(directory, config, random_variables(model, config.image_size, seed),
                     info.class_names)
   return pathlib.Path(directory)
+
+
+def convert_cli(*argv: str) -> None:
+  """`python -m inception_jax convert ...`, in this process."""
+  parser = argparse.ArgumentParser()
+  convert.add_command(parser.add_subparsers())
+  args = parser.parse_args(['convert', *argv])
+  args.run(args)

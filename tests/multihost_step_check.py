@@ -14,7 +14,7 @@ import sys
 import jax
 import numpy as np
 
-from experiments.configs import default
+from inception_jax.configs import default
 from inception_jax import distributed
 from inception_jax import models
 from inception_jax import steps

@@ -305,7 +305,7 @@ def test_bfloat16_step_is_finite_computes_in_bfloat16_and_is_close_to_float32(
 def tiny_run(tmp_path_factory):
   """A googlenet_bn_tiny run directory at 32x32 with random weights (BN statistics too)."""
   # Imported here: these pull in TensorFlow (seconds), needed by this test alone.
-  from experiments.configs import default  # pylint: disable=import-outside-toplevel
+  from inception_jax.configs import default  # pylint: disable=import-outside-toplevel
   from helpers import random_variables  # pylint: disable=import-outside-toplevel
   from inception_jax import convert, rundir  # pylint: disable=import-outside-toplevel
   config = default.get_config()

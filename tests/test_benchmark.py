@@ -43,6 +43,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
   return parser.parse_args(['benchmark', *argv])
 
 
+@pytest.mark.slow
 def test_benchmark_writes_markdown_and_json(tmp_path, monkeypatch):
   # The matmul ceiling only scales 'fraction_of_ceiling'; at 4096² it takes seconds.
   monkeypatch.setattr(benchmark, 'MATMUL_SIZE', 256)
@@ -62,6 +63,7 @@ def test_benchmark_writes_markdown_and_json(tmp_path, monkeypatch):
   assert 'MFU against the peak given by --peak-tflops: float32 0.5 TFLOP/s.' in markdown
 
 
+@pytest.mark.slow
 def test_cli_compares_with_torchvision_in_one_process(tmp_path, xla_cache):
   """The command as users run it: torchvision and TensorFlow in one process, JAX/torch ratios."""
   pytest.importorskip('torchvision')
@@ -98,6 +100,7 @@ def test_each_timed_run_follows_a_lead_in_run_of_its_own_and_rounds_rotate():
   assert ''.join(calls) == 'ab'
 
 
+@pytest.mark.slow
 def test_fresh_process_probe_reports_startup_and_peak_memory(xla_cache, monkeypatch,
                                                              probe_timeout):
   # The child loads its programs where the command-line test compiled them, if it ran.
@@ -139,6 +142,7 @@ def test_torch_runs_on_the_device_jax_uses():
 
 def test_comparison_beside_a_device_torch_cannot_use_stops_before_compiling(monkeypatch,
                                                                             tmp_path):
+  pytest.importorskip('torch')  # without torch the command stops earlier, naming what to install
   monkeypatch.setattr(benchmark.jax, 'default_backend', lambda: 'tpu')
   monkeypatch.setattr(benchmark, 'make_runner', lambda *a: pytest.fail('compiled a runner'))
   args = _parse(['--models', 'googlenet_bn_tiny', '--cases', 'infer:2:32', '--dtypes',

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from experiments.configs import default
+from inception_jax.configs import default
 from helpers import make_run
 from test_train import overrides
 from inception_jax import checkpointing
@@ -24,7 +24,7 @@ from inception_jax import config as config_lib
 from inception_jax import metric_logging
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT = str(ROOT / 'experiments' / 'configs' / 'default.py')
+DEFAULT = 'default'
 
 
 def tiny(data_dir: pathlib.Path, **fields):
@@ -100,6 +100,7 @@ def test_resuming_with_other_data_is_refused_at_start(digits_data_dir, folder, t
   assert (run / 'config.json').read_bytes() == saved
 
 
+@pytest.mark.slow
 def test_all_checkpoints_damaged_is_refused_and_leaves_config_json(digits_data_dir, tmp_path):
   config = tiny(digits_data_dir)
   run = make_run(tmp_path / 'run', config)
@@ -115,7 +116,7 @@ def test_all_checkpoints_damaged_is_refused_and_leaves_config_json(digits_data_d
 
 def test_misspelt_field_in_a_config_file_names_the_field_and_the_line(tmp_path):
   path = tmp_path / 'typo.py'
-  path.write_text('from experiments.configs import default\n\n\ndef get_config():\n'
+  path.write_text('from inception_jax.configs import default\n\n\ndef get_config():\n'
                   '  config = default.get_config()\n  config.learnig_rate = 0.1\n'
                   '  return config\n')
   message = refusal(['train', '--config', str(path), '--workdir', str(tmp_path / 'run')])
@@ -157,6 +158,7 @@ def test_bad_image_with_on_bad_image_fail_is_refused_before_compiling(folder, tm
   assert 'compiled' not in out and 'step' not in out, out
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_names_the_step_it_first_appeared_and_saves_nothing_after(
     digits_data_dir, tmp_path):
   # A huge learning rate blows the weights up after the first update; the loss or a
@@ -200,6 +202,7 @@ def test_evaluate_on_a_data_set_with_other_classes_is_refused(digits_data_dir, f
   assert 'was trained on 10 classes, but image_folder has 3' in message
 
 
+@pytest.mark.slow
 def test_evaluate_skips_a_corrupt_image_of_the_split_or_refuses_it(folder, tmp_path, capsys):
   root = tmp_path / 'folder'
   for path in folder.rglob('*.png'):

@@ -212,6 +212,7 @@ print(json.dumps(results))
 '''
 
 
+@pytest.mark.slow
 def test_a_missing_peer_times_out_every_barrier():
   """Process 1 never arrives: the start barrier and orbax's barriers raise after 5 s."""
   address = f'127.0.0.1:{_free_port()}'

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments.configs import default
+from inception_jax.configs import default
 from inception_jax import convert
 from inception_jax import evaluation
+from inception_jax import config as config_lib
 from inception_jax import export
 from inception_jax import rundir
 from helpers import random_variables
@@ -64,12 +65,11 @@ def expected_logits(loaded, images):
 
 @pytest.fixture(scope='module')
 def uint8_artifact(run_dir, tmp_path_factory):
-  """The default (uint8) artifact and a SavedModel, written through the command line."""
+  """The default (uint8) artifact, written through the command line."""
   parser = argparse.ArgumentParser()
   export.add_command(parser.add_subparsers())
   path = tmp_path_factory.mktemp('export') / 'model.jax'
-  args = parser.parse_args(['export', str(run_dir), str(path),
-                            '--saved-model', str(path.with_name('saved_model'))])
+  args = parser.parse_args(['export', str(run_dir), str(path)])
   args.run(args)
   return path
 
@@ -112,8 +112,21 @@ def test_sidecar_describes_input_output_and_classes(uint8_artifact):
   assert info['class_names'] == list(CLASSES)
 
 
-def test_saved_model_gives_in_process_logits(uint8_artifact, images, expected_logits):
-  serve = tf.saved_model.load(str(uint8_artifact.with_name('saved_model')))
+def test_saved_model_gives_in_process_logits(run_dir, images, expected_logits, tmp_path):
+  parser = argparse.ArgumentParser()
+  export.add_command(parser.add_subparsers())
+  directory = tmp_path / 'saved_model'
+  args = parser.parse_args(['export', str(run_dir), str(tmp_path / 'model.jax'),
+                            '--saved-model', str(directory)])
+  try:
+    args.run(args)
+  except config_lib.UserError as e:
+    # Only where jax writes StableHLO newer than TensorFlow reads (jax >= 0.11 with
+    # TensorFlow 2.21): refused, and nothing left that would fail where it is served.
+    assert tuple(int(p) for p in jax.__version__.split('.')[:2]) >= (0, 11), e
+    assert 'cannot run the StableHLO' in str(e) and not directory.exists()
+    pytest.skip(f'refused as it should be: {e}')
+  serve = tf.saved_model.load(str(directory))
   for i in (0, 2):
     logits = serve.signatures['serving_default'](images=tf.constant(images[i]))['logits']
     np.testing.assert_allclose(logits.numpy(), expected_logits[i], rtol=0, atol=1e-5)

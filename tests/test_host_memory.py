@@ -103,6 +103,7 @@ def test_the_restarted_process_gets_huge_pages_for_large_blocks():
   assert (tunables, huge_mib) == ('glibc.malloc.hugetlb=0', 0)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _CAN_USE_HUGE_PAGES, reason='needs Linux, THP madvise mode, glibc>=2.35')
 def test_the_train_command_runs_with_huge_pages(tmp_path):
   config = tmp_path / 'report_tunables.py'

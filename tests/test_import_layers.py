@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'inception_jax'
 # Lowest first: layers -> model -> sharding -> data -> step -> run directory -> loop
 # -> serving -> CLI, with a base of dependency-free helpers under everything.
 LAYERS = (
-    ('base', {'config', 'host_memory', 'compilation_cache', 'xla_options', 'caffe_pb2',
+    ('base', {'config', 'configs', 'host_memory', 'compilation_cache', 'xla_options', 'caffe_pb2',
               'paths'}),
     ('model layers', {'ops', 'layers'}),
     ('model', {'models', 'summary', 'metrics'}),

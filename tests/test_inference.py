@@ -3,13 +3,11 @@
 import argparse
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
 
-from experiments.configs import default
+from inception_jax.configs import default
 from inception_jax import convert
 from inception_jax import inference
 from inception_jax import models

@@ -199,7 +199,7 @@ def test_lrn_equals_tensorflow_lrn():
 
 def _jit(fn, **kwargs):
   """jax.jit with the fast-compile options: these programs run once or twice on tiny inputs."""
-  return jax.jit(fn, compiler_options=xla_options.FAST_COMPILE, **kwargs)
+  return jax.jit(fn, compiler_options=xla_options.fast_compile(), **kwargs)
 
 
 @pytest.fixture(scope='module')

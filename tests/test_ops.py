@@ -13,7 +13,11 @@ from inception_jax import layers, models, ops, xla_options
 TOL = dict(rtol=1e-5, atol=1e-5)
 # Each check compiles as one program, with the fast-compile options: op by op, every window
 # slice and shape compiles on its own, which costs more than these tiny inputs' compute.
-_jit = functools.partial(jax.jit, compiler_options=xla_options.FAST_COMPILE)
+
+
+def _jit(fn, **kwargs):
+  """jax.jit with the fast-compile options this jaxlib knows."""
+  return jax.jit(fn, compiler_options=xla_options.fast_compile(), **kwargs)
 
 
 @functools.partial(_jit, static_argnums=0)
@@ -182,6 +186,7 @@ def test_unknown_ops_is_refused():
     model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['googlenet_tiny', 'googlenet_bn_tiny'])
 def test_fast_model_equals_xla_model(name):
   """Same parameters → same logits, aux logits, batch statistics and gradients.

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs import default
+from inception_jax.configs import default
 from inception_jax import checkpointing
 from inception_jax import config as config_lib
 from inception_jax import evaluation
@@ -143,11 +143,14 @@ def _run_cli(config, workdir, env, *, stop_after_step: int | None = None,
          *overrides(config)]
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
-  lines = []
+  lines, start = [], 0
   try:
     for line in proc.stdout:
       lines.append(line)
-      if stop_after_step is not None and line.startswith(f'step {stop_after_step}/'):
+      if line.startswith(f'{config.model} on '):  # the start line names a resumed step
+        resumed = re.search(r'resuming at step (\d+)$', line.rstrip())
+        start = int(resumed.group(1)) if resumed else 0
+      if stop_after_step is not None and _step_done(line, start) >= stop_after_step:
         time.sleep(delay)
         proc.send_signal(stop_signal)
         stop_after_step = None
@@ -157,6 +160,18 @@ def _run_cli(config, workdir, env, *, stop_after_step: int | None = None,
       proc.kill()
 
 
+def _step_done(line: str, start: int) -> int:
+  """The step a line of `train`'s output reports done; 0 for other lines.
+
+  A launch's first step (`start` + 1) prints no progress line, only how long it took.
+  """
+  if line.startswith('first step took'):
+    return start + 1
+  progress = re.match(r'step (\d+)/', line)
+  return int(progress.group(1)) if progress else 0
+
+
+@pytest.mark.slow
 def test_sigterm_then_kill9_then_resume_is_bit_identical(trained, tmp_path, subprocess_env):
   config, reference_dir, _ = trained
   workdir = tmp_path / 'run'
@@ -164,7 +179,7 @@ def test_sigterm_then_kill9_then_resume_is_bit_identical(trained, tmp_path, subp
   seed = int(os.environ.get('KILL_SEED', time.time_ns() % 10_000))
   rng = random.Random(seed)
   # A checkpoint exists from step 2 on; the kill lands anywhere after a later step's line.
-  kill_step, kill_delay = rng.randrange(5, STEPS - 1), rng.uniform(0, 0.5)
+  kill_step, kill_delay = rng.randrange(5, STEPS - 1), rng.uniform(0, 0.3)
   print(f'KILL_SEED={seed}: SIGKILL {kill_delay:.2f} s after step {kill_step}')
 
   code, output = _run_cli(config, workdir, subprocess_env, stop_after_step=3,
@@ -179,7 +194,7 @@ def test_sigterm_then_kill9_then_resume_is_bit_identical(trained, tmp_path, subp
 
   code, output = _run_cli(config, workdir, subprocess_env, stop_after_step=kill_step,
                           delay=kill_delay)
-  assert code == -signal.SIGKILL, output
+  assert code == -signal.SIGKILL, f'KILL_SEED={seed}: the kill did not land\n{output}'
   assert f'resuming at step {max(saved)}' in output, output
   killed_at = checkpointing.create_manager(workdir / 'checkpoints', read_only=True).latest_step()
 
@@ -234,6 +249,7 @@ def test_finished_run_only_reevaluates(trained, tmp_path, capsys):
   assert again['loss'] == pytest.approx(result['loss'], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_init_from_a_run_with_the_same_classes_starts_from_all_its_weights(trained, tmp_path,
                                                                            capsys):
   config, source_dir, _ = trained
@@ -294,16 +310,29 @@ def test_finetune_refuses_other_mismatches(trained):
 
 def test_unknown_config_field_is_an_error_that_names_it():
   with pytest.raises(config_lib.ConfigError, match='batch_sise'):
-    config_lib.load(ROOT / 'experiments' / 'configs' / 'default.py', ['--config.batch_sise=3'])
-  config = config_lib.load(ROOT / 'experiments' / 'configs' / 'default.py',
-                           ['--config.batch_size=16', '--config.model_options.lrn=False'])
+    config_lib.load('default', ['--config.batch_sise=3'])
+  config = config_lib.load('default', ['--config.batch_size=16', '--config.model_options.lrn=False'])
   assert config.batch_size == 16 and config.model_options.lrn is False
 
 
-@pytest.mark.parametrize('name', sorted(p.stem for p in (ROOT / 'experiments' / 'configs').glob(
-    '[a-z]*.py')))
+SHIPPED = ('default', 'imagenet_paper', 'imagenet_caffe_quick', 'imagenet_bn', 'imagenette',
+           'cifar10', 'finetune')  # the configs users run by name
+
+
+def test_configs_ship_by_name_and_a_file_path_still_works(tmp_path):
+  assert config_lib.shipped_configs() == sorted(SHIPPED)
+  path = tmp_path / 'mine.py'
+  path.write_text('from inception_jax.configs import default\n\n\ndef get_config():\n'
+                  '  config = default.get_config()\n  config.batch_size = 8\n  return config\n')
+  assert config_lib.load(str(path)).batch_size == 8
+  with pytest.raises(config_lib.NotFoundError, match="no shipped config named 'imagenet'.*"
+                     'imagenet_bn, imagenet_caffe_quick'):
+    config_lib.load('imagenet')
+
+
+@pytest.mark.parametrize('name', SHIPPED)
 def test_every_experiment_config_loads_and_builds_its_model(name):
-  config = config_lib.load(ROOT / 'experiments' / 'configs' / f'{name}.py')
+  config = config_lib.load(name)
   model = rundir.build_model(config, 10)
   assert model.num_classes == 10
   assert config.batch_size % 8 == 0  # splits over 8 devices

@@ -30,6 +30,8 @@ RELATIVE_TOLERANCE = 1e-3  # of the parameter change, see above
 TIMEOUT_S = 600
 MODELS = ('googlenet_tiny', 'googlenet_bn_tiny')
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope='module')
 def report() -> dict:

@@ -4,12 +4,12 @@
 0.1, SGD Nesterov with linear warm-up and cosine decay, Inception crops and
 flips. torchvision's own weights (trained differently) score 69.78 % top-1.
 
-  python -m inception_jax train --config experiments/configs/imagenet_bn.py
+  python -m inception_jax train --config imagenet_bn
 """
 
 import ml_collections
 
-from experiments.configs import imagenet_paper
+from inception_jax.configs import imagenet_paper
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -6,13 +6,13 @@ layer "enables adapting and fine-tuning our networks for other label sets").
 `freeze_backbone` trains the classifiers alone. The example fine-tunes the
 default digits model on a folder of images (root/<split>/<class>/*.jpg).
 
-  python -m inception_jax train --config experiments/configs/finetune.py \
+  python -m inception_jax train --config finetune \
       --config.init_from=workdirs/default --config.image_folder=/data/my_images
 """
 
 import ml_collections
 
-from experiments.configs import default
+from inception_jax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -3,7 +3,7 @@
 A one-GPU-sized check of the full pipeline on real photographs: googlenet_bn,
 modern recipe. tfds downloads it (about 1.5 GB) on first use.
 
-  python -m inception_jax train --config experiments/configs/imagenette.py
+  python -m inception_jax train --config imagenette
 """
 
 import ml_collections

@@ -7,12 +7,12 @@ distortions. Caffe cropped 224 at random from 256x256 images; this pipeline's
 nearest is the Inception crop used here. BVLC reported 68.7 % top-1 / 88.9 %
 top-5 (centre crop).
 
-  python -m inception_jax train --config experiments/configs/imagenet_caffe_quick.py
+  python -m inception_jax train --config imagenet_caffe_quick
 """
 
 import ml_collections
 
-from experiments.configs import imagenet_paper
+from inception_jax.configs import imagenet_paper
 
 
 def get_config() -> ml_collections.ConfigDict:

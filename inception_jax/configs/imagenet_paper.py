@@ -7,9 +7,9 @@ Asynchronous SGD with momentum 0.9 and a learning rate lowered 4 % every 8
 epochs, Polyak averaging for the final model. The paper does not state the base
 learning rate or batch size; 0.0015 per 32 images scaled linearly to the global
 batch is the usual reading. Paper: 10.07 % top-5 error (single model, one crop,
-validation). Prepare `imagenet2012` first (see the README).
+validation). Prepare `imagenet2012` first (docs/data.md).
 
-  python -m inception_jax train --config experiments/configs/imagenet_paper.py \
+  python -m inception_jax train --config imagenet_paper \
       --config.data_dir=gs://BUCKET/tensorflow_datasets --workdir gs://BUCKET/googlenet
 """
 

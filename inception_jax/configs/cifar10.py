@@ -3,7 +3,7 @@
 The 32x32 images go through the whole network (the last blocks run at 1x1,
 the aux heads pool adaptively to 4x4). tfds downloads it (160 MB) on first use.
 
-  python -m inception_jax train --config experiments/configs/cifar10.py
+  python -m inception_jax train --config cifar10
 """
 
 import ml_collections
