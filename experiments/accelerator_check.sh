@@ -168,14 +168,14 @@ if [ "$dry_run" = 1 ]; then
   run_step "parse: the default config, the benchmark's cases and peaks" "$DRY_TIMEOUT_S" - \
     "$PYTHON" -c '
 import sys
-from inception_jax import benchmark, cli, config
-config.load(cli.DEFAULT_CONFIG, [])
+from inception_jax import benchmark, config
+config.load("default", [])
 cases = benchmark.parse_cases(sys.argv[1], ["googlenet_bn"], sys.argv[2].split())
 print(len(cases), "cases; peaks", benchmark.parse_peaks(sys.argv[3]))
 ' "$BENCH_CASES" "$BENCH_DTYPES" "$peaks" || fail "config, cases or peaks"
   tests_log="$scratch/tests.log"
   if run_step "accelerator tests collect and skip on CPU" "$DRY_TIMEOUT_S" "file:$tests_log" \
-      "$PYTHON" -m pytest -q -p no:cacheprovider -m accelerator tests/test_accelerator.py; then
+      "$PYTHON" -m pytest -q -n 0 -p no:cacheprovider -m accelerator tests/test_accelerator.py; then
     summary=$(tail -n 1 "$tests_log")
     echo "pytest: $summary"
     if ! echo "$summary" | grep -Eq '^[0-9]+ skipped' \
@@ -197,7 +197,7 @@ print(len(cases), "cases; peaks", benchmark.parse_peaks(sys.argv[3]))
   run_step "merge the benchmark reports" "$DRY_TIMEOUT_S" - \
     "$PYTHON" -c "$MERGE_PY" "$results" "${parts[@]}" || fail "merge"
   echo "on an accelerator it would run:"
-  echo "  $PYTHON -m pytest -q -p no:cacheprovider -m accelerator tests/test_accelerator.py"
+  echo "  $PYTHON -m pytest -q -n 0 -p no:cacheprovider -m accelerator tests/test_accelerator.py"
   echo "  $PYTHON -m inception_jax train --workdir <tmp>  (default config; top-1 >= $MIN_TOP1)"
   for dtype in $BENCH_DTYPES; do
     bench_args "<tmp>/bench_$dtype" "$dtype" --models googlenet_bn --cases "$BENCH_CASES"
@@ -208,7 +208,7 @@ else
   # --- On the accelerator.
   tests_log="$scratch/tests.log"
   if run_step "accelerator tests" "$TESTS_TIMEOUT_S" "tee:$tests_log" \
-      "$PYTHON" -m pytest -q -p no:cacheprovider -m accelerator tests/test_accelerator.py; then
+      "$PYTHON" -m pytest -q -n 0 -p no:cacheprovider -m accelerator tests/test_accelerator.py; then
     if tail -n 1 "$tests_log" | grep -q skipped; then
       echo "some accelerator tests were skipped on an accelerator"; fail "tests skipped"
     fi

@@ -41,7 +41,6 @@ from inception_jax import config as config_lib
 from inception_jax import host_memory, models, sharding, steps, summary, xla_options
 from inception_jax import ops as ops_lib
 
-DEFAULT_CASES = 'infer:1:224,infer:8:224,infer:32:224,train:32:224,train:128:64'
 TORCH_INSTALL = 'pip install -r requirements-test.txt  (torch and torchvision)'
 TORCH_TOPOLOGY = 'googlenet_bn'  # torchvision's googlenet has this topology and FLOPs
 MATMUL_SIZE = 4096
@@ -451,38 +450,3 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   print(markdown)
   print(f"wrote {output.with_suffix('.md')} and {output.with_suffix('.json')}")
   return report
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-  """Adds the `benchmark` sub-command."""
-  p = subparsers.add_parser(
-      'benchmark', help='images/s, compile time, memory and GFLOP/s of inference and '
-      'training steps, optionally interleaved with torchvision',
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--models', default='googlenet_bn,googlenet',
-                 help=f'comma-separated model names (torch runs beside {TORCH_TOPOLOGY})')
-  p.add_argument('--cases', default=DEFAULT_CASES,
-                 help='comma-separated kind:batch:size, kind infer or train')
-  p.add_argument('--dtypes', default='float32,bfloat16', help='compute dtypes')
-  p.add_argument('--ops', default='xla,fast',
-                 help="JAX kernel sets to time side by side: 'xla', 'fast' (inception_jax.ops)")
-  p.add_argument('--compare', choices=('none', 'torchvision'), default='none',
-                 help='also time torchvision.models.googlenet, interleaved')
-  p.add_argument('--torch-modes', default='eager,compile',
-                 help="torch implementations: 'eager' and/or 'compile' (both channels_last)")
-  p.add_argument('--peak-tflops', default=None,
-                 help="the device's dense peak TFLOP/s per dtype from its spec sheet, "
-                 "'dtype=TFLOPS,...' (e.g. bfloat16=989 for an H100 SXM); rows of those "
-                 'dtypes then also give MFU, the achieved FLOP/s over that peak')
-  p.add_argument('--repeats', type=int, default=5, help='timed rounds per case')
-  p.add_argument('--warmup', type=int, default=1, help='untimed runs after compiling')
-  p.add_argument('--lead-in', type=int, default=1,
-                 help='untimed runs of the same implementation right before each timed one')
-  p.add_argument('--startup', action='store_true',
-                 help='also run each implementation in a fresh process for its start-up '
-                 'time and peak memory')
-  p.add_argument('--fast-compile', action='store_true',
-                 help='compile with XLA backend optimizations off (smoke tests only)')
-  p.add_argument('--output', default='workdirs/benchmark',
-                 help='writes OUTPUT.md and OUTPUT.json')
-  p.set_defaults(run=run_benchmark)

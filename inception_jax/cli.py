@@ -13,7 +13,7 @@ import json
 import os
 import pathlib
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import inception_jax
 from inception_jax import config as config_lib
@@ -21,7 +21,6 @@ from inception_jax import host_memory
 from inception_jax import preemption
 
 DATA_COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert')  # these run TensorFlow
-
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -104,14 +103,118 @@ def _summary(args: argparse.Namespace) -> None:
 
 
 def _add_summary(subparsers: argparse._SubParsersAction) -> None:
-  from inception_jax import models  # pylint: disable=import-outside-toplevel
   p = subparsers.add_parser('summary', help="per-layer shapes, parameters and multiply-adds "
                             "(the paper's Table 1) computed from the model")
-  p.add_argument('--model', default='googlenet', choices=sorted(models.MODELS))
+  p.add_argument('--model', default='googlenet',
+                 help='a model name, e.g. googlenet, googlenet_bn (an unknown one lists them)')
   p.add_argument('--image-size', type=int, default=224)
   p.add_argument('--num-classes', type=int, default=1000)
   p.add_argument('--json', metavar='PATH', help='also write the rows as JSON')
   p.set_defaults(run=_summary)
+
+
+def _run(module: str, function: str) -> Callable[[argparse.Namespace], Any]:
+  """A command's action: `inception_jax.<module>.<function>(args)`.
+
+  The module (and the TensorFlow, JAX or torch it imports) loads only when the
+  command runs, so that parsing and --help stay light.
+  """
+  def run(args: argparse.Namespace) -> Any:
+    return getattr(importlib.import_module(f'inception_jax.{module}'), function)(args)
+  return run
+
+
+def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
+  p = subparsers.add_parser(
+      'benchmark', help='images/s, compile time, memory and GFLOP/s of inference and '
+      'training steps, optionally interleaved with torchvision',
+      description='Times inference and training steps of each implementation in '
+      'interleaved rounds; compare the ratios within one run (docs/performance.md).')
+  p.add_argument('--models', default='googlenet_bn,googlenet',
+                 help='comma-separated model names (torch runs beside googlenet_bn)')
+  p.add_argument('--cases', default='infer:1:224,infer:8:224,infer:32:224,train:32:224,'
+                 'train:128:64', help='comma-separated kind:batch:size, kind infer or train')
+  p.add_argument('--dtypes', default='float32,bfloat16', help='compute dtypes')
+  p.add_argument('--ops', default='xla,fast',
+                 help="JAX kernel sets to time side by side: 'xla', 'fast' (inception_jax.ops)")
+  p.add_argument('--compare', choices=('none', 'torchvision'), default='none',
+                 help='also time torchvision.models.googlenet, interleaved')
+  p.add_argument('--torch-modes', default='eager,compile',
+                 help="torch implementations: 'eager' and/or 'compile' (both channels_last)")
+  p.add_argument('--peak-tflops', default=None,
+                 help="the device's dense peak TFLOP/s per dtype from its spec sheet, "
+                 "'dtype=TFLOPS,...' (e.g. bfloat16=989 for an H100 SXM); rows of those "
+                 'dtypes then also give MFU, the achieved FLOP/s over that peak')
+  p.add_argument('--repeats', type=int, default=5, help='timed rounds per case')
+  p.add_argument('--warmup', type=int, default=1, help='untimed runs after compiling')
+  p.add_argument('--lead-in', type=int, default=1,
+                 help='untimed runs of the same implementation right before each timed one')
+  p.add_argument('--startup', action='store_true',
+                 help='also run each implementation in a fresh process for its start-up '
+                 'time and peak memory')
+  p.add_argument('--fast-compile', action='store_true',
+                 help='compile with XLA backend optimizations off (smoke tests only)')
+  p.add_argument('--output', default='workdirs/benchmark',
+                 help='writes OUTPUT.md and OUTPUT.json')
+  p.set_defaults(run=_run('benchmark', 'run_benchmark'))
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+  try:
+    sizes = tuple(int(b) for b in text.split(','))
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f'{text!r}: give comma-separated batch sizes') from e
+  if min(sizes) < 1:
+    raise argparse.ArgumentTypeError(f'{text!r}: batch sizes must be positive')
+  return sizes
+
+
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+  p = subparsers.add_parser('predict', help='top-k classes of image files (or folders of '
+                            'them) from a checkpoint')
+  p.add_argument('path', help='a work directory, its checkpoints/ folder or one step folder')
+  p.add_argument('images', nargs='+', help='image files and folders (searched recursively)')
+  p.add_argument('--crops', type=int, default=1, choices=config_lib.CROPS,
+                 help='1: the centre crop; 10: corners, centre and mirrors; 144: the '
+                 "paper's 4 scales x 3 squares x 6 crops x 2 mirrors; averaged")
+  p.add_argument('--top-k', type=int, default=5, help='classes shown per image')
+  p.add_argument('--buckets', type=_batch_sizes,
+                 help='batch sizes the forward is compiled for (default 1,8,32,128)')
+  p.add_argument('--json', metavar='PATH', help='also write the results as JSON')
+  p.set_defaults(run=_run('inference', 'predict_command'))
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+  p = subparsers.add_parser('export', help='write a self-contained jax.export artifact '
+                            '(weights baked in, any batch size) and a JSON description')
+  p.add_argument('path', help='a work directory, its checkpoints/ folder or one step folder')
+  p.add_argument('out', help='the artifact file to write (its description goes to OUT.json)')
+  p.add_argument('--input', choices=('float', 'uint8'), default='uint8',
+                 help='uint8: raw RGB pixels, normalized inside (default); float: images '
+                 'already normalized with the run\'s mean_rgb/std_rgb')
+  p.add_argument('--image-size', type=int,
+                 help="the artifact's input height and width (default: the run's)")
+  p.add_argument('--saved-model', metavar='DIR',
+                 help='also write a TensorFlow SavedModel of the same function (jax2tf)')
+  p.set_defaults(run=_run('export', 'export_command'))
+
+
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+  p = subparsers.add_parser('convert', help='turn torchvision or BVLC Caffe GoogLeNet weights '
+                            'into a run directory (for evaluate, predict, export, init_from)')
+  sources = p.add_subparsers(dest='source', required=True)
+  tv = sources.add_parser('torchvision', help='torchvision.models.googlenet state dict '
+                          '(.pth) -> googlenet_bn')
+  tv.add_argument('weights', help='a .pth file holding the state dict')
+  tv.add_argument('out', help='the run directory to write')
+  tv.add_argument('--transform-input', action=argparse.BooleanOptionalAction, default=True,
+                  help='the weights were trained with transform_input=True, as torchvision\'s '
+                  'pretrained ones (default); sets the input normalization')
+  tv.set_defaults(run=_run('convert', 'torchvision_command'))
+  caffe = sources.add_parser('caffe', help='bvlc_googlenet .caffemodel -> googlenet')
+  caffe.add_argument('caffemodel', help='a .caffemodel file')
+  caffe.add_argument('out', help='the run directory to write')
+  caffe.set_defaults(run=_run('convert', 'caffe_command'))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,13 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
   _add_train(subparsers)
   _add_evaluate(subparsers)
   _add_plot(subparsers)
-  # These modules define their own commands (and import TensorFlow for the data).
-  # pylint: disable-next=import-outside-toplevel
-  from inception_jax import benchmark, convert, export, inference
-  benchmark.add_command(subparsers)
-  inference.add_command(subparsers)
-  export.add_command(subparsers)
-  convert.add_command(subparsers)
+  _add_benchmark(subparsers)
+  _add_predict(subparsers)
+  _add_export(subparsers)
+  _add_convert(subparsers)
   return parser
 
 
@@ -152,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   # A SIGTERM during the seconds of imports and set-up before training starts is
   # remembered (and, in a multi-process run, handed on to JAX once it listens).
   watch = preemption.PreemptionWatch() if argv[:1] == ['train'] else None
-  if argv[:1] == ['benchmark'] and importlib.util.find_spec('torchvision') is not None:
+  if (argv[:1] == ['benchmark'] and not {'-h', '--help'} & set(argv)
+      and importlib.util.find_spec('torchvision') is not None):
     # torch and torchvision (the optional peers of `benchmark --compare torchvision`)
     # must be imported before TensorFlow, which the data commands import: torchvision
     # loads triton, which segfaults once TensorFlow is loaded.

@@ -317,7 +317,8 @@ def _report(out: epath.Path, config: ml_collections.ConfigDict, num_classes: int
         f'Try: python -m inception_jax predict {out} IMAGE...')
 
 
-def _convert_torchvision_file(args: argparse.Namespace) -> None:
+def torchvision_command(args: argparse.Namespace) -> None:
+  """`convert torchvision`: a run directory from a torchvision state dict file."""
   variables = convert_torchvision(_load_torch_state_dict(args.weights))
   config = converted_config('imagenet_bn', variables, torchvision_mean_std(args.transform_input))
   num_classes = _num_classes(variables)
@@ -325,28 +326,10 @@ def _convert_torchvision_file(args: argparse.Namespace) -> None:
           num_classes)
 
 
-def _convert_caffe_file(args: argparse.Namespace) -> None:
+def caffe_command(args: argparse.Namespace) -> None:
+  """`convert caffe`: a run directory from a bvlc_googlenet .caffemodel file."""
   variables = convert_caffe(pathlib.Path(args.caffemodel).read_bytes())
   config = converted_config('imagenet_paper', variables, CAFFE_MEAN_STD)
   num_classes = _num_classes(variables)
   _report(write_run(args.out, config, variables, imagenet_class_names(num_classes)), config,
           num_classes)
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-  """Adds `convert torchvision|caffe WEIGHTS OUT`."""
-  p = subparsers.add_parser('convert', help='turn torchvision or BVLC Caffe GoogLeNet weights '
-                            'into a run directory (for evaluate, predict, export, init_from)')
-  sources = p.add_subparsers(dest='source', required=True)
-  tv = sources.add_parser('torchvision', help='torchvision.models.googlenet state dict '
-                          '(.pth) -> googlenet_bn')
-  tv.add_argument('weights', help='a .pth file holding the state dict')
-  tv.add_argument('out', help='the run directory to write')
-  tv.add_argument('--transform-input', action=argparse.BooleanOptionalAction, default=True,
-                  help='the weights were trained with transform_input=True, as torchvision\'s '
-                  'pretrained ones (default); sets the input normalization')
-  tv.set_defaults(run=_convert_torchvision_file)
-  caffe = sources.add_parser('caffe', help='bvlc_googlenet .caffemodel -> googlenet')
-  caffe.add_argument('caffemodel', help='a .caffemodel file')
-  caffe.add_argument('out', help='the run directory to write')
-  caffe.set_defaults(run=_convert_caffe_file)

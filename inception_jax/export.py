@@ -161,25 +161,10 @@ def export_checkpoint(path: paths.PathLike, out: paths.PathLike,
   return info
 
 
-def _export(args: argparse.Namespace) -> None:
+def export_command(args: argparse.Namespace) -> None:
+  """`export`: writes the artifact, its description and optionally a SavedModel."""
   info = export_checkpoint(args.path, args.out, args.input, args.image_size, args.saved_model)
   print(f"wrote {args.out} ({info['model']} step {info['step']}; input "
         f"{info['input']['dtype']} {info['input']['shape']}, platforms "
         f"{', '.join(info['platforms'])}) and {args.out}.json"
         + (f'; SavedModel in {args.saved_model}' if args.saved_model else ''))
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-  """Adds `export PATH OUT`."""
-  p = subparsers.add_parser('export', help='write a self-contained jax.export artifact '
-                            '(weights baked in, any batch size) and a JSON description')
-  p.add_argument('path', help='a work directory, its checkpoints/ folder or one step folder')
-  p.add_argument('out', help='the artifact file to write (its description goes to OUT.json)')
-  p.add_argument('--input', choices=sorted(INPUT_KINDS), default='uint8',
-                 help='uint8: raw RGB pixels, normalized inside (default); float: images '
-                 'already normalized with the run\'s mean_rgb/std_rgb')
-  p.add_argument('--image-size', type=int,
-                 help="the artifact's input height and width (default: the run's)")
-  p.add_argument('--saved-model', metavar='DIR',
-                 help='also write a TensorFlow SavedModel of the same function (jax2tf)')
-  p.set_defaults(run=_export)

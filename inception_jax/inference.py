@@ -158,8 +158,9 @@ class Predictor:
     return predictions, {p: skipped[p] for p in paths if p in skipped}
 
 
-def _predict(args: argparse.Namespace) -> None:
-  predictor = Predictor(args.path, crops=args.crops, buckets=args.buckets)
+def predict_command(args: argparse.Namespace) -> None:
+  """`predict`: prints (and with --json writes) the top-k classes of each image."""
+  predictor = Predictor(args.path, crops=args.crops, buckets=args.buckets or DEFAULT_BUCKETS)
   predictions, skipped = predictor.predict(expand_paths(args.images), top_k=args.top_k)
   for p in predictions:
     print(f'{p.path}: ' + ' | '.join(f'{name} {prob:.4f}'
@@ -172,29 +173,3 @@ def _predict(args: argparse.Namespace) -> None:
         {'predictions': [dataclasses.asdict(p) for p in predictions], 'skipped': skipped},
         indent=1))
     print(f'wrote {args.json}', file=sys.stderr)
-
-
-def _buckets(text: str) -> tuple[int, ...]:
-  try:
-    buckets = tuple(int(b) for b in text.split(','))
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f'{text!r}: give comma-separated batch sizes') from e
-  if min(buckets) < 1:
-    raise argparse.ArgumentTypeError(f'{text!r}: batch sizes must be positive')
-  return buckets
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-  """Adds `predict PATH IMAGE...`."""
-  p = subparsers.add_parser('predict', help='top-k classes of image files (or folders of '
-                            'them) from a checkpoint')
-  p.add_argument('path', help='a work directory, its checkpoints/ folder or one step folder')
-  p.add_argument('images', nargs='+', help='image files and folders (searched recursively)')
-  p.add_argument('--crops', type=int, default=1, choices=config_lib.CROPS,
-                 help='1: the centre crop; 10: corners, centre and mirrors; 144: the '
-                 "paper's 4 scales x 3 squares x 6 crops x 2 mirrors; averaged")
-  p.add_argument('--top-k', type=int, default=5, help='classes shown per image')
-  p.add_argument('--buckets', type=_buckets, default=DEFAULT_BUCKETS,
-                 help='batch sizes the forward is compiled for (default 1,8,32,128)')
-  p.add_argument('--json', metavar='PATH', help='also write the results as JSON')
-  p.set_defaults(run=_predict)

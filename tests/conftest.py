@@ -78,6 +78,21 @@ def subprocess_env(compilation_cache_dir) -> dict[str, str]:
           'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5'}
 
 
+# The files that run longest (pytest --durations), longest first.
+LONGEST_FILES = ('test_preemption.py', 'test_gcs_workdir.py', 'test_train.py',
+                 'test_multihost.py', 'test_train_multidevice.py', 'test_cli.py')
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-  """The slow tests first, so that pytest-xdist's workers run the rest beside them."""
-  items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+  """The longest files first, so that pytest-xdist's other workers run the rest beside them.
+
+  After LONGEST_FILES come the other files with slow tests, then the rest; pytest-xdist
+  (--dist loadfile) hands out files in this order.
+  """
+  def rank(item: pytest.Item) -> int:
+    name = item.path.name
+    if name in LONGEST_FILES:
+      return LONGEST_FILES.index(name)
+    return len(LONGEST_FILES) + (0 if item.get_closest_marker('slow') else 1)
+
+  items.sort(key=rank)

@@ -1,6 +1,5 @@
 """Helpers shared by the test modules (import as `from helpers import ...`)."""
 
-import argparse
 import math
 import pathlib
 
@@ -8,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from inception_jax import cli
 from inception_jax import convert
 from inception_jax import input_pipeline
 from inception_jax import rundir
@@ -41,7 +41,5 @@ def make_run(directory, config, seed: int = 0):
 
 def convert_cli(*argv: str) -> None:
   """`python -m inception_jax convert ...`, in this process."""
-  parser = argparse.ArgumentParser()
-  convert.add_command(parser.add_subparsers())
-  args = parser.parse_args(['convert', *argv])
+  args = cli.build_parser().parse_args(['convert', *argv])
   args.run(args)

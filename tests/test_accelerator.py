@@ -4,7 +4,7 @@ Every test here is marked `accelerator` and is skipped unless JAX's default
 backend is 'gpu' or 'tpu' (on a CPU-only machine the module collects and skips
 in a moment, before any model is built). Run them on a machine with one:
 
-  python -m pytest -q -m accelerator tests/test_accelerator.py
+  python -m pytest -q -n 0 -m accelerator tests/test_accelerator.py  # one process: one owner of the device
 
 or through `experiments/accelerator_check.sh`, which also trains and benchmarks.
 Setting INCEPTION_JAX_ACCELERATOR_TESTS_ON_CPU=1 runs them with the CPU standing

@@ -10,11 +10,13 @@ import json
 import pathlib
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 from PIL import Image
 import pytest
 
+import inception_jax
 from inception_jax.configs import default
 from helpers import make_run
 from test_train import overrides
@@ -244,3 +246,33 @@ def test_space_separated_override_parses_like_the_equals_form():
   assert spaced.batch_size == 128 and spaced.model_options.width == 0.25
   with pytest.raises(config_lib.ConfigError, match=r"unrecognized arguments \['extra'\]"):
     config_lib.load(DEFAULT, ['--config.batch_size', '128', 'extra'])
+
+
+COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert', 'benchmark', 'summary', 'plot')
+
+
+def test_help_of_every_command_loads_neither_jax_nor_tensorflow_nor_torch(subprocess_env):
+  # argparse prints each --help and exits; the modules loaded by then are listed after it.
+  code = textwrap.dedent('''\
+      import sys
+      from inception_jax import cli
+      for command in sys.argv[1:]:
+        try:
+          cli.main([command, '--help'])
+        except SystemExit as e:
+          assert e.code == 0, (command, e.code)
+      print('loaded:', sorted(m for m in ('jax', 'tensorflow', 'torch', 'flax') if m in sys.modules))
+      ''')
+  done = subprocess.run([sys.executable, '-c', code, *COMMANDS], cwd=ROOT, env=subprocess_env,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr
+  for command in COMMANDS:
+    assert f'usage: python -m inception_jax {command}' in done.stdout
+  assert done.stdout.rstrip().endswith('loaded: []'), done.stdout[-500:]
+
+
+def test_version_is_the_package_version(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(['--version'])
+  assert exit_info.value.code == 0
+  assert capsys.readouterr().out == f'python -m inception_jax {inception_jax.__version__}\n'

@@ -1,10 +1,12 @@
-"""The jax.export artifact gives the in-process logits in a process that has only JAX.
+"""The jax.export artifact gives the in-process logits in a process with only jax and flatbuffers.
 
 So does the optional TensorFlow SavedModel, in TensorFlow.
 """
 
-import argparse
+import importlib.metadata
 import json
+import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,9 +17,10 @@ import pytest
 import tensorflow as tf
 
 from inception_jax.configs import default
+from inception_jax import cli
+from inception_jax import config as config_lib
 from inception_jax import convert
 from inception_jax import evaluation
-from inception_jax import config as config_lib
 from inception_jax import export
 from inception_jax import rundir
 from helpers import random_variables
@@ -66,32 +69,60 @@ def expected_logits(loaded, images):
 @pytest.fixture(scope='module')
 def uint8_artifact(run_dir, tmp_path_factory):
   """The default (uint8) artifact, written through the command line."""
-  parser = argparse.ArgumentParser()
-  export.add_command(parser.add_subparsers())
   path = tmp_path_factory.mktemp('export') / 'model.jax'
-  args = parser.parse_args(['export', str(run_dir), str(path)])
+  args = cli.build_parser().parse_args(['export', str(run_dir), str(path)])
   args.run(args)
   return path
 
 
 _LOAD_AND_CALL = textwrap.dedent('''\
     import sys
+    sys.path.insert(0, sys.argv[4])  # jax, jaxlib, their dependencies and flatbuffers only
+    for absent in ('flax', 'tensorflow', 'inception_jax'):
+      try:
+        __import__(absent)
+      except ImportError:
+        continue
+      raise SystemExit(f'{absent} is importable: the check is not isolated')
     import jax
     import numpy as np
     exported = jax.export.deserialize(open(sys.argv[1], 'rb').read())
     inputs = np.load(sys.argv[2])
     np.savez(sys.argv[3], **{k: np.asarray(exported.call(inputs[k])) for k in inputs.files})
-    leaked = [m for m in ('inception_jax', 'flax') if m in sys.modules]
-    assert not leaked, f'the artifact pulled in {leaked}'
 ''')
 
 
-def test_uint8_artifact_gives_in_process_logits_in_a_jax_only_process(
+def consumer_site_packages(directory: pathlib.Path) -> pathlib.Path:
+  """A folder of links to what `pip install jax flatbuffers` installs, and nothing else.
+
+  jax and jaxlib with the dependencies their metadata declares (extras left out),
+  transitively, plus flatbuffers: what the README tells a consumer to install.
+  """
+  directory.mkdir()
+  wanted, seen = ['jax', 'jaxlib', 'flatbuffers'], set()
+  while wanted:
+    name = re.split(r'[<>=!~;\[ ]', wanted.pop())[0].lower().replace('_', '-')
+    if name in seen:
+      continue
+    seen.add(name)
+    distribution = importlib.metadata.distribution(name)
+    wanted.extend(r for r in distribution.requires or () if 'extra ==' not in r)
+    for top in {f.parts[0] for f in distribution.files if f.parts[0] != '..'}:
+      source = pathlib.Path(distribution.locate_file(top))
+      if source.exists() and not (directory / top).exists():
+        (directory / top).symlink_to(source)
+  return directory
+
+
+def test_uint8_artifact_gives_in_process_logits_with_only_jax_and_flatbuffers(
     uint8_artifact, images, expected_logits, tmp_path):
   inputs, outputs = tmp_path / 'images.npz', tmp_path / 'logits.npz'
   np.savez(inputs, **{f'b{len(x)}': x for x in images})
-  done = subprocess.run([sys.executable, '-c', _LOAD_AND_CALL, str(uint8_artifact),
-                         str(inputs), str(outputs)], capture_output=True, text=True, timeout=300)
+  site = consumer_site_packages(tmp_path / 'site')
+  # -I -S: no site-packages, no PYTHONPATH, no current directory on sys.path.
+  done = subprocess.run([sys.executable, '-I', '-S', '-c', _LOAD_AND_CALL, str(uint8_artifact),
+                         str(inputs), str(outputs), str(site)],
+                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
   assert done.returncode == 0, done.stderr
   logits = np.load(outputs)
   for x, expected in zip(images, expected_logits):
@@ -113,10 +144,8 @@ def test_sidecar_describes_input_output_and_classes(uint8_artifact):
 
 
 def test_saved_model_gives_in_process_logits(run_dir, images, expected_logits, tmp_path):
-  parser = argparse.ArgumentParser()
-  export.add_command(parser.add_subparsers())
   directory = tmp_path / 'saved_model'
-  args = parser.parse_args(['export', str(run_dir), str(tmp_path / 'model.jax'),
+  args = cli.build_parser().parse_args(['export', str(run_dir), str(tmp_path / 'model.jax'),
                             '--saved-model', str(directory)])
   try:
     args.run(args)

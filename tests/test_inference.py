@@ -1,6 +1,5 @@
 """`predict`: known answers on constructed images, bad files skipped, one compile per bucket."""
 
-import argparse
 import json
 
 import numpy as np
@@ -8,6 +7,7 @@ from PIL import Image
 import pytest
 
 from inception_jax.configs import default
+from inception_jax import cli
 from inception_jax import convert
 from inception_jax import inference
 from inception_jax import models
@@ -118,10 +118,8 @@ def test_bucket_size():
 
 
 def test_command_line_prints_and_writes_json(run_dir, images, tmp_path, capsys):
-  parser = argparse.ArgumentParser()
-  inference.add_command(parser.add_subparsers())
   out = tmp_path / 'predictions.json'
-  args = parser.parse_args(['predict', str(run_dir), images['blue'], str(tmp_path / 'gone.jpg'),
+  args = cli.build_parser().parse_args(['predict', str(run_dir), images['blue'], str(tmp_path / 'gone.jpg'),
                             '--top-k', '2', '--buckets', '2', '--json', str(out)])
   args.run(args)
   captured = capsys.readouterr()
