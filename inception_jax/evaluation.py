@@ -19,6 +19,7 @@ import numpy as np
 from inception_jax import checkpointing
 from inception_jax import config as config_lib
 from inception_jax import input_pipeline
+from inception_jax import metric_logging
 from inception_jax import metrics
 from inception_jax import models
 from inception_jax import preprocessing
@@ -52,9 +53,12 @@ def load_model(path: str | pathlib.Path, config: ml_collections.ConfigDict) -> L
                      config=config, meta=restored.meta)
 
 
-def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
-  """(probabilities [N, classes], labels [N]) for every example of config.eval_split."""
+def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops: int,
+                  total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(probabilities [N, classes], labels [N]) for every example of config.eval_split.
+
+  `total`: the split's size, for progress lines on stderr during a long evaluation.
+  """
   preprocessing.warn_if_mirrors_unseen(crops, config.random_flip)
   mesh = sharding.create_mesh()
   variables = jax.device_put(loaded.variables, sharding.replicated(mesh))
@@ -63,10 +67,13 @@ def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops:
                     out_shardings=sharding.replicated(mesh),
                     compiler_options=xla_options.for_model(jax.default_backend()))
   probs, labels = [], []
+  progress = metric_logging.Progress(f'evaluating {loaded.path}', total) if total else None
   for batch in input_pipeline.create_eval_iterator(config, mesh, crops=crops):
     keep = np.asarray(jax.device_get(batch['mask'])) > 0
     probs.append(np.asarray(jax.device_get(forward(variables, batch['image'])))[keep])
     labels.append(np.asarray(jax.device_get(batch['label']))[keep])
+    if progress:
+      progress.update(int(keep.sum()))
   return np.concatenate(probs), np.concatenate(labels)
 
 
@@ -95,7 +102,8 @@ def evaluate_paths(paths: Sequence[str], crops: int,
           'on (--config.dataset / --config.image_folder / --config.data_dir).')
   results, all_probs, labels = [], [], None
   for member in loaded:
-    probs, labels = predict_split(member, data_config, crops)
+    probs, labels = predict_split(member, data_config, crops,
+                                  info.split_sizes[data_config.eval_split])
     all_probs.append(probs)
     results.append({'path': member.path, 'step': member.step,
                     **metrics.classification_metrics(probs, labels)})

@@ -25,6 +25,7 @@ import tensorflow as tf
 from inception_jax import config as config_lib
 from inception_jax import evaluation
 from inception_jax import input_pipeline
+from inception_jax import metric_logging
 from inception_jax import metrics
 from inception_jax import paths
 from inception_jax import preprocessing
@@ -143,9 +144,11 @@ class Predictor:
     readable = [p for p in paths if p not in skipped]
     k = min(top_k, len(self.class_names))
     predictions = []
+    progress = metric_logging.Progress('classifying', len(readable))
     for batch_paths, images in preprocessed_batches(readable, self.preprocess,
                                                     self.buckets[-1]):
       probs = self.probabilities(images)
+      progress.update(len(batch_paths))
       for path, p in zip(batch_paths, probs):
         top = np.argsort(-p, kind='stable')[:k]
         predictions.append(Prediction(

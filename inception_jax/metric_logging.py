@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import tempfile
+import sys
 import time
 from typing import Mapping
 
@@ -165,3 +166,30 @@ def progress_line(step: int, total_steps: int, steps_per_epoch: float,
   return (f'step {step}/{total_steps} | epoch {step / steps_per_epoch:.2f} | '
           f"loss {scalars['loss']:.4f} | top1 {scalars['top1']:.3f} | "
           f'{images_per_second:,.0f} img/s | ETA {format_duration(eta_seconds)}')
+
+
+PROGRESS_EVERY_S = 10.0  # between progress lines of long evaluations and predictions
+
+
+class Progress:
+  """Progress of a long loop on stderr: done/total, items per second and ETA.
+
+  A line at most every PROGRESS_EVERY_S seconds, so a short loop prints nothing.
+  """
+
+  def __init__(self, what: str, total: int, unit: str = 'images'):
+    self.what, self.total, self.unit = what, total, unit
+    self.done = 0
+    self._start = self._last = time.monotonic()
+
+  def update(self, count: int) -> None:
+    """Counts `count` more items done; prints a line if the last was long enough ago."""
+    self.done += count
+    now = time.monotonic()
+    if now - self._last < PROGRESS_EVERY_S:
+      return
+    self._last = now
+    rate = self.done / max(now - self._start, 1e-9)
+    eta = (self.total - self.done) / rate if rate > 0 else math.inf
+    print(f'{self.what}: {self.done:,}/{self.total:,} {self.unit} | {rate:,.1f} {self.unit}/s '
+          f'| ETA {format_duration(eta)}', file=sys.stderr, flush=True)

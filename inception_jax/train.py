@@ -188,12 +188,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
       scalars = sharding.fetch(metrics)
       steps.check_finite(sharding.fetch(nonfinite))
       elapsed = time.time() - window_start
-      writer.write(step, {f'train_{k}': float(v) for k, v in scalars.items()})
+      record = {f'train_{k}': float(v) for k, v in scalars.items()}
+      if window_steps:  # the steps since the last log line, the warm-up step left out
+        record.update(train_images_per_s=window_steps * config.batch_size / elapsed,
+                      train_step_s=elapsed / window_steps)
+      writer.write(step, record)
       if is_main and window_steps:
         print(metric_logging.progress_line(
-            step, total_steps, steps_per_epoch, scalars,
-            window_steps * config.batch_size / elapsed,
-            (total_steps - step) * elapsed / window_steps), flush=True)
+            step, total_steps, steps_per_epoch, scalars, record['train_images_per_s'],
+            (total_steps - step) * record['train_step_s']), flush=True)
       window_start, window_steps = time.time(), 0
     evaluated = step % config.eval_every_steps == 0 or last
     if evaluated:
@@ -201,6 +204,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
     saved = step % config.checkpoint_every_steps == 0 or last or evaluated
     if saved:
       save(step, eval_result if evaluated else None)
+    if evaluated or saved:  # the throughput and step time count training steps only
+      window_start, window_steps = time.time(), 0
     if watch.reached(step):
       if not saved:
         save(step)

@@ -10,6 +10,7 @@ from inception_jax.configs import default
 from inception_jax import cli
 from inception_jax import convert
 from inception_jax import inference
+from inception_jax import metric_logging
 from inception_jax import models
 from inception_jax import preprocessing
 from inception_jax import rundir
@@ -117,12 +118,17 @@ def test_bucket_size():
       1, 8, 8, 32, 32, 32]
 
 
-def test_command_line_prints_and_writes_json(run_dir, images, tmp_path, capsys):
+def test_command_line_prints_and_writes_json(run_dir, images, tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(metric_logging, 'PROGRESS_EVERY_S', 0.0)  # a progress line per batch
   out = tmp_path / 'predictions.json'
-  args = cli.build_parser().parse_args(['predict', str(run_dir), images['blue'], str(tmp_path / 'gone.jpg'),
-                            '--top-k', '2', '--buckets', '2', '--json', str(out)])
+  args = cli.build_parser().parse_args([
+      'predict', str(run_dir), images['blue'], images['red'], images['blue'],
+      str(tmp_path / 'gone.jpg'), '--top-k', '2', '--buckets', '2', '--json', str(out)])
   args.run(args)
   captured = capsys.readouterr()
+  progress = [line.split(' | ')[0] for line in captured.err.splitlines()
+              if line.startswith('classifying: ')]
+  assert progress == ['classifying: 2/3 images', 'classifying: 3/3 images']  # batches of 2
   assert captured.out.startswith(f"{images['blue']}: blue ")
   assert f"skipped {tmp_path / 'gone.jpg'}: no such file" in captured.err
   report = json.loads(out.read_text())

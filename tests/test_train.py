@@ -99,6 +99,13 @@ def test_run_writes_checkpoints_logs_and_curves(trained):
   assert train_steps == list(range(1, STEPS + 1))
   assert [r['step'] for r in records if 'eval_top1' in r] == [4, 8]
   assert all(np.isfinite(r['train_loss']) for r in records if 'train_loss' in r)
+  # Throughput and step time from the second step on (the first is the warm-up), and
+  # images/s is the batch over the step time.
+  timed = [r for r in records if 'train_images_per_s' in r]
+  assert [r['step'] for r in timed] == list(range(2, STEPS + 1))
+  for r in timed:
+    assert r['train_step_s'] > 0
+    assert r['train_images_per_s'] == pytest.approx(32 / r['train_step_s'])
   steps = checkpointing.create_manager(workdir / 'checkpoints', read_only=True).all_steps()
   assert sorted(steps) == [4, 6, 8]  # 2, 4, 6, 8 written; newest 3 kept (best eval: 4 or 8)
   assert result['count'] == 360  # every test digit counted once (360 = 5 batches of 64, padded)
@@ -111,6 +118,15 @@ def test_evaluate_reads_the_checkpoint_back(trained):
   assert member['step'] == STEPS and member['count'] == 360
   assert member['top1'] == pytest.approx(result['top1'], abs=1e-6)
   assert member['loss'] == pytest.approx(result['loss'], rel=1e-4)
+
+
+def test_evaluation_shows_its_progress_on_stderr(trained, monkeypatch, capsys):
+  config, workdir, _ = trained
+  monkeypatch.setattr(metric_logging, 'PROGRESS_EVERY_S', 0.0)  # a line per batch
+  evaluation.evaluate_paths([str(workdir)], 1, [config])
+  done = [re.search(r': (\d+)/360 images \| ', line).group(1)
+          for line in capsys.readouterr().err.splitlines() if line.startswith('evaluating ')]
+  assert done == ['64', '128', '192', '256', '320', '360']  # batches of 64, the last 40
 
 
 def test_ensemble_averages_the_members_probabilities(trained, tmp_path):
