@@ -29,8 +29,10 @@ epoch of record reads, without decoding. Without `deterministic_data`, the same
 seeds are used but parallel maps may reorder examples.
 """
 
+import contextlib
 import dataclasses
 import functools
+import io
 import math
 import os
 import textwrap
@@ -339,10 +341,12 @@ def _tfds_split_size(builder: tfds.core.DatasetBuilder, split) -> int:
 def _prepared_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The tfds builder of `config.dataset`, prepared or failing with what to do."""
   builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
+  if builder.name in BUILT_ON_FIRST_USE:
+    with _quiet_tfds():
+      prepared = builder.is_prepared()
+    return builder if prepared else _build_on_first_use(config, builder)
   if builder.is_prepared():
     return builder
-  if builder.name in BUILT_ON_FIRST_USE:
-    return _build_on_first_use(config, builder)
   manual_dir = config.manual_dir or os.path.join(builder.data_dir_root, 'downloads',
                                                  'manual')
   if not _can_prepare_manually(builder, manual_dir):
@@ -362,14 +366,34 @@ def _prepared_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBui
 def _build_on_first_use(config: ml_collections.ConfigDict,
                         builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
   """Builds an embedded data set; tolerates another process finishing first."""
-  logging.info("Building '%s' into %s.", builder.name, builder.data_dir)
+  print(f"preparing the embedded data set '{builder.name}' in {builder.data_dir} (once)",
+        flush=True)
   try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    with _quiet_tfds():
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   except OSError:  # tfds's final rename fails when the folder appeared meanwhile
     if not builder.is_prepared():
       raise
   return tfds.builder(config.dataset, data_dir=config.data_dir or None)
+
+
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+  """tfds's warnings, prints and progress bars silenced: an embedded data set's build is ours.
+
+  Its folder check warns about the empty folder it is about to fill, and its build prints
+  sizes it does not know and one progress bar per split.
+  """
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  tfds.display_progress_bar(False)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tfds.display_progress_bar(True)  # tfds's default, which the manual preparations keep
+    logging.set_verbosity(verbosity)
 
 
 def _can_prepare_manually(builder: tfds.core.DatasetBuilder, manual_dir: str) -> bool:
