@@ -200,26 +200,40 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_convert(subparsers: argparse._SubParsersAction) -> None:
-  p = subparsers.add_parser('convert', help='turn torchvision or BVLC Caffe GoogLeNet weights '
-                            'into a run directory (for evaluate, predict, export, init_from)')
+  p = subparsers.add_parser(
+      'convert', help='turn torchvision or BVLC Caffe GoogLeNet weights into a run directory '
+      '(for evaluate, predict, export, init_from)',
+      description='Without a weights file, the official one is downloaded once, checked '
+      'against its published checksum and cached in $INCEPTION_JAX_CACHE (default: '
+      '$XDG_CACHE_HOME/inception_jax or ~/.cache/inception_jax), under weights/.')
   sources = p.add_subparsers(dest='source', required=True)
   tv = sources.add_parser('torchvision', help='torchvision.models.googlenet state dict '
                           '(.pth) -> googlenet_bn')
-  tv.add_argument('weights', help='a .pth file holding the state dict')
-  tv.add_argument('out', help='the run directory to write')
+  tv.add_argument('weights', nargs='?', metavar='WEIGHTS',
+                  help='a .pth file holding the state dict (default: torchvision\'s official '
+                  'googlenet-1378be20.pth, downloaded once into the cache)')
+  tv.add_argument('out', metavar='OUT', help='the run directory to write')
   tv.add_argument('--transform-input', action=argparse.BooleanOptionalAction, default=True,
                   help='the weights were trained with transform_input=True, as torchvision\'s '
                   'pretrained ones (default); sets the input normalization')
   tv.set_defaults(run=_run('convert', 'torchvision_command'))
   caffe = sources.add_parser('caffe', help='bvlc_googlenet .caffemodel -> googlenet')
-  caffe.add_argument('caffemodel', help='a .caffemodel file')
-  caffe.add_argument('out', help='the run directory to write')
+  caffe.add_argument('caffemodel', nargs='?', metavar='CAFFEMODEL',
+                     help="a .caffemodel file (default: BVLC's bvlc_googlenet.caffemodel, "
+                     'downloaded once into the cache)')
+  caffe.add_argument('out', metavar='OUT', help='the run directory to write')
   caffe.set_defaults(run=_run('convert', 'caffe_command'))
+
+
+def _prog() -> str:
+  """How the user started us: the installed script, or the module."""
+  script = os.path.basename(sys.argv[0])
+  return script if script == 'inception-jax' else 'python -m inception_jax'
 
 
 def build_parser() -> argparse.ArgumentParser:
   """The parser with one sub-command per job."""
-  parser = argparse.ArgumentParser(prog='python -m inception_jax', description=__doc__)
+  parser = argparse.ArgumentParser(prog=_prog(), description=__doc__)
   parser.add_argument('--version', action='version',
                       version=f'%(prog)s {inception_jax.__version__}')
   subparsers = parser.add_subparsers(dest='command', required=True)

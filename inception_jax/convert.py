@@ -1,12 +1,13 @@
 """`python -m inception_jax convert`: pretrained GoogLeNet weights as run directories.
 
 Sources:
-  * torchvision (`convert torchvision googlenet.pth OUT`): a `torchvision.models.googlenet`
+  * torchvision (`convert torchvision [googlenet.pth] OUT`): a `torchvision.models.googlenet`
     state dict becomes `googlenet_bn` (the same topology, BatchNorm eps 1e-3).
-  * BVLC Caffe (`convert caffe bvlc_googlenet.caffemodel OUT`): the paper's `googlenet`
+  * BVLC Caffe (`convert caffe [bvlc_googlenet.caffemodel] OUT`): the paper's `googlenet`
     from the layers named as in `bvlc_googlenet`'s prototxt (`conv1/7x7_s2`, ...,
     `loss1/fc`, `loss3/classifier`); both the current (`layer`) and the legacy V1
     (`layers`) net formats are read, through the minimal schema in `caffe_pb2`.
+Without the file, the official one is downloaded, checked and cached (`weights.fetch`).
 
 Layouts: convolutions OIHW -> HWIO, fully connected (out, in) -> (in, out), BatchNorm
 weight/bias/running_mean/running_var -> scale/bias/mean/var. The aux heads' first
@@ -47,6 +48,7 @@ from inception_jax import input_pipeline
 from inception_jax import models
 from inception_jax import paths
 from inception_jax import rundir
+from inception_jax import weights
 
 Variables = dict[str, Any]
 
@@ -317,9 +319,29 @@ def _report(out: epath.Path, config: ml_collections.ConfigDict, num_classes: int
         f'Try: python -m inception_jax predict {out} IMAGE...')
 
 
+_WEIGHT_SUFFIXES = ('.pth', '.pt', '.caffemodel')
+
+
+def _weights_file(source: str, given: str | None, out: str, metavar: str) -> str:
+  """The file to convert: `given`, else the official one of `source` (downloaded once, checked).
+
+  Without `given`, OUT naming an existing file or a weights file name is refused:
+  it is most likely the file, given with OUT left out.
+  """
+  if given is not None:
+    return given
+  if pathlib.Path(out).is_file() or out.endswith(_WEIGHT_SUFFIXES):
+    raise config_lib.UserError(
+        f'{out} looks like a weights file, not the run directory to write; give both: '
+        f'convert {source} {metavar} OUT (or only OUT to download the official weights).')
+  return str(weights.fetch(source, alternative=(
+      f'or pass it as {metavar} (python -m inception_jax convert {source} {metavar} OUT)')))
+
+
 def torchvision_command(args: argparse.Namespace) -> None:
-  """`convert torchvision`: a run directory from a torchvision state dict file."""
-  variables = convert_torchvision(_load_torch_state_dict(args.weights))
+  """`convert torchvision`: a run directory from a state dict file, or the official one."""
+  path = _weights_file('torchvision', args.weights, args.out, 'WEIGHTS')
+  variables = convert_torchvision(_load_torch_state_dict(path))
   config = converted_config('imagenet_bn', variables, torchvision_mean_std(args.transform_input))
   num_classes = _num_classes(variables)
   _report(write_run(args.out, config, variables, imagenet_class_names(num_classes)), config,
@@ -327,8 +349,9 @@ def torchvision_command(args: argparse.Namespace) -> None:
 
 
 def caffe_command(args: argparse.Namespace) -> None:
-  """`convert caffe`: a run directory from a bvlc_googlenet .caffemodel file."""
-  variables = convert_caffe(pathlib.Path(args.caffemodel).read_bytes())
+  """`convert caffe`: a run directory from a bvlc_googlenet .caffemodel, or the official one."""
+  path = _weights_file('caffe', args.caffemodel, args.out, 'CAFFEMODEL')
+  variables = convert_caffe(pathlib.Path(path).read_bytes())
   config = converted_config('imagenet_paper', variables, CAFFE_MEAN_STD)
   num_classes = _num_classes(variables)
   _report(write_run(args.out, config, variables, imagenet_class_names(num_classes)), config,

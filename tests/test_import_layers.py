@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'inception_jax'
 # -> serving -> CLI, with a base of dependency-free helpers under everything.
 LAYERS = (
     ('base', {'config', 'configs', 'host_memory', 'compilation_cache', 'xla_options', 'caffe_pb2',
-              'paths'}),
+              'paths', 'weights'}),
     ('model layers', {'ops', 'layers'}),
     ('model', {'models', 'summary', 'metrics'}),
     ('sharding', {'sharding', 'distributed', 'preemption'}),
