@@ -368,13 +368,13 @@ def _build_on_first_use(config: ml_collections.ConfigDict,
   """Builds an embedded data set; tolerates another process finishing first."""
   print(f"preparing the embedded data set '{builder.name}' in {builder.data_dir} (once)",
         flush=True)
-  try:
-    with _quiet_tfds():
+  with _quiet_tfds():
+    try:
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  except OSError:  # tfds's final rename fails when the folder appeared meanwhile
-    if not builder.is_prepared():
-      raise
+    except OSError:  # tfds's final rename fails when the folder appeared meanwhile
+      if not builder.is_prepared():
+        raise
   return tfds.builder(config.dataset, data_dir=config.data_dir or None)
 
 

@@ -14,8 +14,8 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import sys
+import tempfile
 import time
 from typing import Mapping
 

@@ -284,3 +284,16 @@ def test_version_is_the_package_version(capsys):
     cli.main(['--version'])
   assert exit_info.value.code == 0
   assert capsys.readouterr().out == f'python -m inception_jax {inception_jax.__version__}\n'
+
+
+def test_the_light_parser_states_the_choices_and_defaults_its_commands_use():
+  # cli.py spells these out so that --help imports neither module: they must stay the same.
+  from inception_jax import export, inference  # pylint: disable=import-outside-toplevel
+  parser = cli.build_parser()
+  commands = next(a for a in parser._actions if a.dest == 'command').choices  # pylint: disable=protected-access
+  options = {command: {a.dest: a for a in commands[command]._actions}  # pylint: disable=protected-access
+             for command in ('export', 'predict')}
+  assert sorted(options['export']['input'].choices) == sorted(export.INPUT_KINDS)
+  assert options['predict']['buckets'].default is None  # inference.DEFAULT_BUCKETS then
+  assert f"(default {','.join(map(str, inference.DEFAULT_BUCKETS))})" in (
+      options['predict']['buckets'].help)
