@@ -49,6 +49,14 @@ def test_an_option_the_compiler_refuses_is_left_out(caplog):
   assert 'xla_no_such_option_for_this_test' in caplog.text
 
 
+def test_a_refused_option_is_named_once_however_many_programs_ask(caplog):
+  options = {'xla_no_such_option_asked_twice': True}
+  with caplog.at_level('WARNING'):
+    assert xla_options.supported(options) == {}
+    assert xla_options.supported(options) == {}
+  assert caplog.text.count('xla_no_such_option_asked_twice=True left out') == 1, caplog.text
+
+
 def test_programs_still_compile_when_the_jaxlib_lacks_an_option(monkeypatch):
   """As after an upgrade that drops an option: the initializer and the model compile."""
   monkeypatch.setattr(xla_options, 'FAST_COMPILE',
