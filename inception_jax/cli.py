@@ -182,6 +182,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
                  help='batch sizes the forward is compiled for (default 1,8,32,128)')
   p.add_argument('--json', metavar='PATH', help='also write the results as JSON')
   p.set_defaults(run=_run('inference', 'predict_command'))
+  p.intermixed = True
 
 
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
@@ -217,12 +218,34 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
                   help='the weights were trained with transform_input=True, as torchvision\'s '
                   'pretrained ones (default); sets the input normalization')
   tv.set_defaults(run=_run('convert', 'torchvision_command'))
+  tv.intermixed = True
   caffe = sources.add_parser('caffe', help='bvlc_googlenet .caffemodel -> googlenet')
   caffe.add_argument('caffemodel', nargs='?', metavar='CAFFEMODEL',
                      help="a .caffemodel file (default: BVLC's bvlc_googlenet.caffemodel, "
                      'downloaded once into the cache)')
   caffe.add_argument('out', metavar='OUT', help='the run directory to write')
   caffe.set_defaults(run=_run('convert', 'caffe_command'))
+  caffe.intermixed = True
+
+
+class _Parser(argparse.ArgumentParser):
+  """An ArgumentParser whose commands marked `intermixed` take options between their files.
+
+  argparse alone stops filling a command's positionals at the first option, so
+  `predict RUN a.png --top-k 3 b.png` would leave b.png over. Commands that take config
+  overrides (`--config.batch_size 128`, a value after a space) keep argparse's order.
+  """
+  intermixed = False
+  _parsing = False
+
+  def parse_known_args(self, args=None, namespace=None):
+    if not self.intermixed or self._parsing:  # parse_known_intermixed_args calls back here
+      return super().parse_known_args(args, namespace)
+    self._parsing = True
+    try:
+      return self.parse_known_intermixed_args(args, namespace)
+    finally:
+      self._parsing = False
 
 
 def _prog() -> str:
@@ -233,7 +256,7 @@ def _prog() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
   """The parser with one sub-command per job."""
-  parser = argparse.ArgumentParser(prog=_prog(), description=__doc__)
+  parser = _Parser(prog=_prog(), description=__doc__)
   parser.add_argument('--version', action='version',
                       version=f'%(prog)s {inception_jax.__version__}')
   subparsers = parser.add_subparsers(dest='command', required=True)

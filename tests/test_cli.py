@@ -297,3 +297,23 @@ def test_the_light_parser_states_the_choices_and_defaults_its_commands_use():
   assert options['predict']['buckets'].default is None  # inference.DEFAULT_BUCKETS then
   assert f"(default {','.join(map(str, inference.DEFAULT_BUCKETS))})" in (
       options['predict']['buckets'].help)
+
+
+@pytest.mark.parametrize('argv, expected', [
+    (['convert', 'torchvision', 'w.pth', '--no-transform-input', 'run'],
+     dict(weights='w.pth', out='run', transform_input=False)),
+    (['convert', 'torchvision', '--no-transform-input', 'w.pth', 'run'],
+     dict(weights='w.pth', out='run', transform_input=False)),
+    (['convert', 'caffe', 'run'],
+     dict(caffemodel=None, out='run')),
+    (['predict', 'run', 'a.png', '--top-k', '3', 'b.png'],
+     dict(path='run', images=['a.png', 'b.png'], top_k=3)),
+    (['export', 'run', '--input', 'float', 'model.jax'],
+     dict(path='run', out='model.jax', input='float')),
+])
+def test_options_may_come_between_the_files(argv, expected):
+  # As with any command-line tool: `convert torchvision W.pth --no-transform-input OUT`
+  # and `predict RUN a.png --top-k 3 b.png` mean what they say.
+  args, overrides = cli.build_parser().parse_known_args(argv)
+  assert overrides == []
+  assert {name: getattr(args, name) for name in expected} == expected
