@@ -186,8 +186,8 @@ def _import_torch() -> tuple[Any, Any]:
     import torch  # pylint: disable=import-outside-toplevel
     import torchvision  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise SystemExit(f'--compare torchvision needs torch and torchvision ({e}); install them '
-                     f'with: {TORCH_INSTALL}') from e
+    raise config_lib.UserError(f'--compare torchvision needs torch and torchvision ({e}); '
+                               f'install them with: {TORCH_INSTALL}') from e
   return torch, torchvision
 
 
@@ -195,16 +195,17 @@ def torch_device(platform: str, cuda_available: bool) -> str:
   """The torch device that runs beside JAX's `platform`: 'cpu' beside CPU, 'cuda' beside GPU.
 
   Raises:
-    SystemExit: beside a GPU without CUDA in torch, or beside any other platform
+    UserError: beside a GPU without CUDA in torch, or beside any other platform
       (TPU), where no torch peer runs on the same device.
   """
   if platform == 'cpu':
     return 'cpu'
   if platform == 'gpu' and cuda_available:
     return 'cuda'
-  raise SystemExit(f'--compare torchvision runs torch on the device JAX uses ({platform}), '
-                   'and torch cannot use it here: install a CUDA build of torch beside a GPU, '
-                   'or run the comparison without --compare on this platform.')
+  raise config_lib.UserError(
+      f'--compare torchvision runs torch on the device JAX uses ({platform}), and torch '
+      'cannot use it here: install a CUDA build of torch beside a GPU, or run the '
+      'comparison without --compare on this platform.')
 
 
 def torch_runner(case: Case, mode: str) -> Runner:

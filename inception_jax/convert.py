@@ -304,11 +304,11 @@ def _load_torch_state_dict(path: str) -> Mapping[str, Any]:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise SystemExit('reading .pth files needs PyTorch: pip install torch') from e
+    raise config_lib.UserError('reading .pth files needs PyTorch: pip install torch') from e
   state_dict = torch.load(path, map_location='cpu', weights_only=True)
   if not isinstance(state_dict, Mapping):
-    raise SystemExit(f'{path} holds a {type(state_dict).__name__}, not a state dict; save '
-                     'one with torch.save(model.state_dict(), PATH).')
+    raise config_lib.UserError(f'{path} holds a {type(state_dict).__name__}, not a state dict; '
+                               'save one with torch.save(model.state_dict(), PATH).')
   return state_dict
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from inception_jax import benchmark, cli, host_memory
+from inception_jax import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLI_CASE = benchmark.Case('googlenet_bn', 'infer', 1, 64, 'float32')  # the probe's too
@@ -134,8 +135,17 @@ def test_torch_runs_on_the_device_jax_uses():
   assert benchmark.torch_device('cpu', cuda_available=True) == 'cpu'
   assert benchmark.torch_device('gpu', cuda_available=True) == 'cuda'
   for platform, cuda in [('gpu', False), ('tpu', False), ('tpu', True)]:
-    with pytest.raises(SystemExit, match=rf'runs torch on the device JAX uses \({platform}\)'):
+    with pytest.raises(config_lib.UserError,
+                       match=rf'runs torch on the device JAX uses \({platform}\)'):
       benchmark.torch_device(platform, cuda)
+
+
+def test_comparison_without_torchvision_names_what_to_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'torchvision', None)  # an import of it raises ImportError
+  with pytest.raises(config_lib.UserError,
+                     match=r'--compare torchvision needs torch and torchvision .*install them '
+                     r'with: pip install -r requirements-test.txt'):
+    benchmark._import_torch()  # pylint: disable=protected-access
 
 
 def test_comparison_beside_a_device_torch_cannot_use_stops_before_compiling(monkeypatch,
@@ -143,10 +153,12 @@ def test_comparison_beside_a_device_torch_cannot_use_stops_before_compiling(monk
   pytest.importorskip('torch')  # without torch the command stops earlier, naming what to install
   monkeypatch.setattr(benchmark.jax, 'default_backend', lambda: 'tpu')
   monkeypatch.setattr(benchmark, 'make_runner', lambda *a: pytest.fail('compiled a runner'))
-  args = _parse(['--models', 'googlenet_bn_tiny', '--cases', 'infer:2:32', '--dtypes',
-                 'float32', '--compare', 'torchvision', '--output', str(tmp_path / 'bench')])
-  with pytest.raises(SystemExit, match=r'runs torch on the device JAX uses \(tpu\)'):
-    args.run(args)
+  argv = ['benchmark', '--models', 'googlenet_bn_tiny', '--cases', 'infer:2:32', '--dtypes',
+          'float32', '--compare', 'torchvision', '--output', str(tmp_path / 'bench')]
+  with pytest.raises(SystemExit,
+                     match=r'^error: --compare torchvision runs torch on the device JAX uses '
+                     r'\(tpu\)'):
+    cli.main(argv)
 
 
 def test_bad_case_says_how_to_write_one():

@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip('torch')  # the peer library; not installed in every environment
 import torchvision  # pylint: disable=wrong-import-position
 
+from inception_jax import cli
 from inception_jax import convert
 from inception_jax import evaluation
 from inception_jax import models
@@ -213,3 +214,14 @@ def test_torchvision_state_dict_errors_name_the_keys(torch_model):
   with pytest.raises(ValueError, match=r"missing keys \['inception4b.branch3.1.conv.weight'\]; "
                      r"unexpected keys \['head.weight'\]"):
     convert.convert_torchvision(state_dict)
+
+
+def test_a_pth_that_holds_no_state_dict_is_one_line_through_the_command_line(tmp_path):
+  path = tmp_path / 'whole_model.pth'
+  torch.save(torch.zeros(3), path)  # as torch.save(model) gives: not a state dict
+  with pytest.raises(SystemExit) as error:
+    cli.main(['convert', 'torchvision', str(path), str(tmp_path / 'run')])
+  assert str(error.value.code) == (
+      f'error: {path} holds a Tensor, not a state dict; save one with '
+      'torch.save(model.state_dict(), PATH).')
+  assert not (tmp_path / 'run').exists()
