@@ -1,6 +1,7 @@
 """inception_jax.ops against the plain XLA formulations and their `jax.grad`."""
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -66,12 +67,36 @@ def test_max_pool_windows_of_minus_infinity_route_like_xla():
   np.testing.assert_array_equal(got, want)
 
 
-def test_max_pool_bfloat16_gradient_matches_xla():
+def test_max_pool_bfloat16_matches_xla_and_pools_in_float32():
   padding = ((0, 1), (0, 1))
   x = jax.random.normal(jax.random.key(1), (2, 9, 9, 4), jnp.bfloat16)
-  _, (want,) = _values_and_grads(_plain_pool(3, 2, padding), x)
-  _, (got,) = _values_and_grads(lambda v: ops.max_pool(v, 3, 2, padding), x)
-  np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=1e-2, atol=1e-2)
+  want, (want_grad,) = _values_and_grads(_plain_pool(3, 2, padding), x)
+  got, (got_grad,) = _values_and_grads(lambda v: ops.max_pool(v, 3, 2, padding), x)
+  assert got.dtype == got_grad.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.float32(got), np.float32(want))
+  np.testing.assert_allclose(np.float32(got_grad), np.float32(want_grad), rtol=1e-2, atol=1e-2)
+  # The windows are reduced in float32: XLA's CPU compiler otherwise keeps a bfloat16
+  # maximum, between conversions, inside the reduction's loop (the slow part).
+  for grad in (False, True):
+    fn = lambda v: ops.max_pool(v, 3, 2, padding).astype(jnp.float32).sum()  # pylint: disable=cell-var-from-loop
+    jaxpr = jax.make_jaxpr(jax.grad(fn) if grad else fn)(x)
+    windows = [e for e in _equations(jaxpr.jaxpr)
+               if e.primitive.name in ('reduce_window', 'max', 'select_n')]
+    assert windows and {str(v.aval.dtype) for e in windows for v in e.invars
+                        if jnp.issubdtype(v.aval.dtype, jnp.floating)} == {'float32'}, jaxpr
+  hlo = _jit(lambda v: ops.max_pool(v, 3, 2, padding)).lower(x).compile().as_text()
+  assert 'reduce-window(' in hlo and not re.search(r'bf16\[\] maximum', hlo), hlo
+
+
+def _equations(jaxpr):
+  """Every equation of `jaxpr`, those of the jaxprs nested in it (custom_vjp, pjit) included."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (list, tuple)) else [param]):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          yield from _equations(inner)
 
 
 def test_max_pool_rejects_integer_input():
