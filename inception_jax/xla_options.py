@@ -2,8 +2,9 @@
 
 An option that a jaxlib does not know fails the whole compile ("No such compile
 option"), and options come and go between releases. `supported` tries each option
-once per process on a one-line program and drops, with one warning, those the
-backend refuses: an upgrade then falls back to XLA's defaults instead of failing.
+once per process on a one-line program and drops those the backend refuses, saying
+so once in the log at INFO level (a user can do nothing about it): an upgrade then
+falls back to XLA's defaults instead of failing.
 """
 
 import functools
@@ -37,14 +38,14 @@ def supported(options: Mapping[str, Any], platform: str | None = None) -> dict[s
     if error is None:
       kept[name] = value
     else:
-      _warn_once(platform, name, value, error)
+      _log_once(platform, name, value, error)
   return kept
 
 
 @functools.lru_cache(maxsize=None)
-def _warn_once(platform: str, name: str, value: Any, error: str) -> None:
-  """One warning per refused option and process, however many programs compile."""
-  logging.warning('XLA option %s=%r left out: this jaxlib (%s) refuses it on %s (%s).',
+def _log_once(platform: str, name: str, value: Any, error: str) -> None:
+  """One log line per refused option and process, however many programs compile."""
+  logging.info('XLA option %s=%r left out: this jaxlib (%s) refuses it on %s (%s).',
                   name, value, jax.__version__, platform, error)
 
 
