@@ -43,7 +43,7 @@ def test_create_model_resolves_auto_dtype():
 
 def test_an_option_the_compiler_refuses_is_left_out(caplog):
   options = {'xla_no_such_option_for_this_test': True, 'xla_backend_optimization_level': 0}
-  with caplog.at_level('INFO'):
+  with caplog.at_level('INFO', logger='absl'):
     kept = xla_options.supported(options)
   assert kept == {'xla_backend_optimization_level': 0}
   assert 'xla_no_such_option_for_this_test' in caplog.text
@@ -51,7 +51,7 @@ def test_an_option_the_compiler_refuses_is_left_out(caplog):
 
 def test_a_refused_option_is_named_once_however_many_programs_ask(caplog):
   options = {'xla_no_such_option_asked_twice': True}
-  with caplog.at_level('INFO'):
+  with caplog.at_level('INFO', logger='absl'):
     assert xla_options.supported(options) == {}
     assert xla_options.supported(options) == {}
   assert caplog.text.count('xla_no_such_option_asked_twice=True left out') == 1, caplog.text
