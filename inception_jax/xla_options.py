@@ -32,21 +32,8 @@ CPU_MODEL = {'xla_cpu_experimental_ynn_fusion_type':
 def supported(options: Mapping[str, Any], platform: str | None = None) -> dict[str, Any]:
   """`options` less those that `platform`'s compiler (default: JAX's backend) refuses."""
   platform = platform or jax.default_backend()
-  kept = {}
-  for name, value in options.items():
-    error = _refusal(platform, name, value)
-    if error is None:
-      kept[name] = value
-    else:
-      _log_once(platform, name, value, error)
-  return kept
-
-
-@functools.lru_cache(maxsize=None)
-def _log_once(platform: str, name: str, value: Any, error: str) -> None:
-  """One log line per refused option and process, however many programs compile."""
-  logging.info('XLA option %s=%r left out: this jaxlib (%s) refuses it on %s (%s).',
-                  name, value, jax.__version__, platform, error)
+  return {name: value for name, value in options.items()
+          if _refusal(platform, name, value) is None}
 
 
 def for_model(platform: str) -> dict[str, Any]:
@@ -61,7 +48,10 @@ def fast_compile(platform: str | None = None) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _refusal(platform: str, name: str, value: Any) -> str | None:
-  """None if a trivial program compiles on `platform` with `name=value`, else the error."""
+  """None if a trivial program compiles on `platform` with `name=value`, else the error.
+
+  Cached, so a refusal is logged once per process however many programs compile.
+  """
   device = jax.local_devices(backend=platform)[0]
   arg = jax.ShapeDtypeStruct((), jnp.float32,
                              sharding=jax.sharding.SingleDeviceSharding(device))
@@ -69,5 +59,8 @@ def _refusal(platform: str, name: str, value: Any) -> str | None:
   try:
     lowered.compile(compiler_options={name: value})
   except Exception as e:  # pylint: disable=broad-except
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+    error = str(e).splitlines()[0] if str(e) else type(e).__name__
+    logging.info('XLA option %s=%r left out: this jaxlib (%s) refuses it on %s (%s).',
+                 name, value, jax.__version__, platform, error)
+    return error
   return None

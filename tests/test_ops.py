@@ -77,9 +77,9 @@ def test_max_pool_bfloat16_matches_xla_and_pools_in_float32():
   np.testing.assert_allclose(np.float32(got_grad), np.float32(want_grad), rtol=1e-2, atol=1e-2)
   # The windows are reduced in float32: XLA's CPU compiler otherwise keeps a bfloat16
   # maximum, between conversions, inside the reduction's loop (the slow part).
-  for grad in (False, True):
-    fn = lambda v: ops.max_pool(v, 3, 2, padding).astype(jnp.float32).sum()  # pylint: disable=cell-var-from-loop
-    jaxpr = jax.make_jaxpr(jax.grad(fn) if grad else fn)(x)
+  fn = lambda v: ops.max_pool(v, 3, 2, padding).astype(jnp.float32).sum()
+  for traced in (fn, jax.grad(fn)):
+    jaxpr = jax.make_jaxpr(traced)(x)
     windows = [e for e in _equations(jaxpr.jaxpr)
                if e.primitive.name in ('reduce_window', 'max', 'select_n')]
     assert windows and {str(v.aval.dtype) for e in windows for v in e.invars
