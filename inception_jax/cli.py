@@ -289,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # for XLA's per-step CPU buffers (glibc reads the setting only at start-up). The
     # benchmark runs as training does, its torch peers under the same setting.
     host_memory.restart_with_huge_pages()
+  whole_process = argv is None  # this process runs the command line alone, then exits
   argv = sys.argv[1:] if argv is None else list(argv)
   # A SIGTERM during the seconds of imports and set-up before training starts is
   # remembered (and, in a multi-process run, handed on to JAX once it listens).
@@ -312,3 +313,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.run(args)
   except config_lib.UserError as e:  # bad input: the message says what to do
     raise SystemExit(f'error: {e}') from None
+  finally:
+    if watch is not None and whole_process:
+      watch.finish()

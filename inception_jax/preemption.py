@@ -63,6 +63,16 @@ class PreemptionWatch:
       return self._flag.is_set()
     return _reached_sync_point(step)
 
+  def finish(self) -> None:
+    """The run is over (saved, or failed): SIGTERM is ignored until the process exits.
+
+    For a program that exits next, such as the command line. While the interpreter
+    shuts down, Python resets its own handler and JAX tears its down, so a notice in
+    those moments would end a saved run by the signal instead of with exit status 0.
+    """
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
   def close(self) -> None:
     """Puts back the SIGTERM handler found at creation where JAX has not replaced it."""
     if self._previous is not None and not _distributed_started():

@@ -221,6 +221,37 @@ def test_sigterm_then_kill9_then_resume_is_bit_identical(trained, tmp_path, subp
   assert _cached_train_steps(workdir) == compiled_step  # loaded, never compiled again
 
 
+@pytest.mark.slow
+def test_notices_while_a_finished_run_exits_leave_exit_status_0(digits_data_dir, tmp_path,
+                                                                   subprocess_env):
+  # A host told to stop just as its run ends: the run has saved, so the notices must not
+  # turn its exit into a death by SIGTERM (as they did while the interpreter shut down).
+  workdir = tmp_path / 'run'
+  cmd = [sys.executable, '-m', 'inception_jax', 'train', '--workdir', str(workdir),
+         *overrides(tiny_config(digits_data_dir))]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  lines, sent = [], 0
+  try:
+    for line in proc.stdout:
+      lines.append(line)
+      if line.startswith('curves: '):  # the run's last line, after its final save
+        break
+    while proc.poll() is None:
+      proc.send_signal(signal.SIGTERM)
+      sent += 1
+      time.sleep(0.002)
+    code = proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  output = ''.join(lines) + proc.stdout.read()
+  assert lines[-1].startswith('curves: ') and sent >= 1, output
+  assert code == 0, f'exit status {code} after {sent} SIGTERMs\n{output}'
+  assert checkpointing.create_manager(workdir / 'checkpoints', read_only=True
+                                      ).latest_step() == STEPS
+
+
 def _cached_train_steps(workdir: pathlib.Path) -> dict[str, tuple[int, int]]:
   """The train step's files in the run's compilation cache: name → (mtime, size)."""
   cache = workdir / 'xla_cache'
