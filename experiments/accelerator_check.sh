@@ -190,7 +190,7 @@ print(len(cases), "cases; peaks", benchmark.parse_peaks(sys.argv[3]))
   # one dtype and one small case: a CPU has no time for more (~70 s on 2 cores).
   part="$scratch/bench_float32"
   parts=("$part")
-  bench_args "$part" float32 --models googlenet_bn_tiny --cases infer:2:32 \
+  bench_args "$part" float32 --models googlenet_bn_shallow --cases infer:2:32 \
     --repeats 1 --warmup 0 --lead-in 0 --fast-compile
   run_step "benchmark pipeline on CPU, tiny model" "$DRY_TIMEOUT_S" "file:$part.log" \
     "${BENCH[@]}" || { tail -n 20 "$part.log"; fail "benchmark"; }

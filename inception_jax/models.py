@@ -182,6 +182,8 @@ class GoogLeNet(nn.Module):
     dropout_rate: dropout before the classifier (0.4 paper, 0.2 torchvision).
     aux_dropout_rate: dropout in the aux heads (0.7).
     width: multiplies every channel count (1.0 = paper; < 1 for tests).
+    blocks: the inception modules built, in Table 1's order (all nine = paper; fewer
+      for tests). The pools before 4a and 5a stay; an aux head follows 4a and 4d when built.
     dtype: compute dtype; parameters are always float32, logits float32.
     init_scheme: 'caffe', 'he' or 'torchvision' (see the module docstring).
     ops: 'xla' (XLA's convolutions and pools, flax's BatchNorm), 'fast' (`inception_jax.ops`:
@@ -199,6 +201,7 @@ class GoogLeNet(nn.Module):
   dropout_rate: float = 0.4
   aux_dropout_rate: float = 0.7
   width: float = 1.0
+  blocks: tuple[str, ...] = tuple(INCEPTION_WIDTHS)
   dtype: Any = jnp.float32
   init_scheme: str = 'caffe'
   ops: str = ops_lib.DEFAULT_OPS
@@ -214,6 +217,15 @@ class GoogLeNet(nn.Module):
 
   def _channels(self, n: int) -> int:
     return max(1, round(n * self.width))
+
+  def _layout(self) -> list[str]:
+    """`blocks` with the stride-2 pools between stages 3, 4 and 5."""
+    order = list(INCEPTION_WIDTHS)
+    if not self.blocks or list(self.blocks) != sorted(set(self.blocks), key=order.index):
+      raise config_lib.ConfigError(
+          f'blocks {tuple(self.blocks)} must be some of {tuple(order)}, in that order.')
+    stage = {s: [b for b in self.blocks if b[0] == s] for s in '345'}
+    return stage['3'] + ['pool3'] + stage['4'] + ['pool4'] + stage['5']
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> ModelOutput:
@@ -254,7 +266,7 @@ class GoogLeNet(nn.Module):
       x = lrn(name='norm2')(x)
     x = max_pool(3, 2, name='pool2')(x)
     aux_logits = []
-    for name in ('3a', '3b', 'pool3', '4a', '4b', '4c', '4d', '4e', 'pool4', '5a', '5b'):
+    for name in self._layout():
       if name == 'pool3':
         x = max_pool(3, 2, name=name)(x)
         continue
@@ -280,6 +292,9 @@ googlenet_naive = functools.partial(GoogLeNet, naive_blocks=True)
 _TINY_WIDTH = 1 / 8  # test variants: same topology, channels / 8
 googlenet_tiny = functools.partial(GoogLeNet, width=_TINY_WIDTH)
 googlenet_bn_tiny = functools.partial(googlenet_bn, width=_TINY_WIDTH)
+# For tests of what the network's depth does not change (checkpoints, resumption,
+# processes): channels / 8 and four modules, both aux heads kept.
+googlenet_bn_shallow = functools.partial(googlenet_bn_tiny, blocks=('3a', '4a', '4d', '5b'))
 
 MODELS: dict[str, Callable[..., GoogLeNet]] = {
     'googlenet': GoogLeNet,
@@ -287,6 +302,7 @@ MODELS: dict[str, Callable[..., GoogLeNet]] = {
     'googlenet_naive': googlenet_naive,
     'googlenet_tiny': googlenet_tiny,
     'googlenet_bn_tiny': googlenet_bn_tiny,
+    'googlenet_bn_shallow': googlenet_bn_shallow,
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 AUTO_DTYPE = 'auto'

@@ -1,7 +1,8 @@
 """Runs the training step on 1 device and on 8, and prints what differs as JSON.
 
-Usage: python multidevice_step_check.py [MODEL ...] (default: both tiny models),
-with XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu.
+Usage: python multidevice_step_check.py [MODEL ...] (default: googlenet_tiny and
+googlenet_bn_shallow), with XLA_FLAGS=--xla_force_host_platform_device_count=8
+JAX_PLATFORMS=cpu.
 `tests/test_train_multidevice.py` runs it in subprocesses, one per model: the
 device count is fixed when JAX starts, so it cannot change inside pytest.
 
@@ -33,7 +34,7 @@ from inception_jax import config as config_lib
 from inception_jax import models, steps, xla_options
 from inception_jax import sharding as sharding_lib
 
-MODELS = ('googlenet_tiny', 'googlenet_bn_tiny')
+MODELS = ('googlenet_tiny', 'googlenet_bn_shallow')
 BATCH_SIZE, IMAGE_SIZE, NUM_CLASSES, STEPS = 16, 32, 5, 2
 BN_MOMENTUM = 0.9  # layers.ConvReLU's BatchNorm: new = 0.9 * old + 0.1 * batch statistic
 

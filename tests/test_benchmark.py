@@ -46,7 +46,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def test_benchmark_writes_markdown_and_json(tmp_path, monkeypatch):
   # The matmul ceiling only scales 'fraction_of_ceiling'; at 4096² it takes seconds.
   monkeypatch.setattr(benchmark, 'MATMUL_SIZE', 256)
-  args = _parse(['--models', 'googlenet_bn_tiny', '--cases', 'infer:2:32,train:2:32',
+  args = _parse(['--models', 'googlenet_bn_shallow', '--cases', 'infer:2:32,train:2:32',
                  '--dtypes', 'float32', '--ops', 'fast', '--repeats', '2', '--fast-compile',
                  '--peak-tflops', 'float32=0.5', '--output', str(tmp_path / 'bench')])
   report = args.run(args)
@@ -57,7 +57,7 @@ def test_benchmark_writes_markdown_and_json(tmp_path, monkeypatch):
     assert row['mfu'] == pytest.approx(row['gflops'] / 500)  # GFLOP/s over 0.5 TFLOP/s
   assert json.loads((tmp_path / 'bench.json').read_text())['results'] == report['results']
   markdown = (tmp_path / 'bench.md').read_text()
-  assert '| googlenet_bn_tiny train b2 32px float32 | jax fast |' in markdown
+  assert '| googlenet_bn_shallow train b2 32px float32 | jax fast |' in markdown
   assert markdown.count('| - | - |') == 2  # start-up and memory only with --startup
   assert 'MFU against the peak given by --peak-tflops: float32 0.5 TFLOP/s.' in markdown
 

@@ -30,9 +30,9 @@ DEFAULT = 'default'
 
 
 def tiny(data_dir: pathlib.Path, **fields):
-  """The default config at googlenet_bn_tiny's size on the digits; `fields` override."""
+  """The default config at googlenet_bn_shallow's size on the digits; `fields` override."""
   config = default.get_config()
-  config.model = 'googlenet_bn_tiny'
+  config.model = 'googlenet_bn_shallow'
   config.model_options.width = 1 / 8
   config.data_dir = str(data_dir)
   config.batch_size = config.eval_batch_size = 32
@@ -79,7 +79,7 @@ def test_resuming_with_another_model_is_refused_at_start_and_leaves_config_json(
   saved = (run / 'config.json').read_bytes()
   message = refusal(['train', '--workdir', str(run), '--config', DEFAULT,
                      *overrides(tiny(digits_data_dir, model='googlenet_tiny'))])
-  assert "model: checkpoint has 'googlenet_bn_tiny', config asks for 'googlenet_tiny'" in message
+  assert "model: checkpoint has 'googlenet_bn_shallow', config asks for 'googlenet_tiny'" in message
   assert 'Use another work directory' in message
   assert (run / 'config.json').read_bytes() == saved
   assert 'compiled' not in capsys.readouterr().out  # refused before compiling anything

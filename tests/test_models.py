@@ -241,6 +241,29 @@ def test_aux_heads_off_builds_no_aux_parameters():
   assert not any(name.startswith('aux') for name in variables['params'])
 
 
+def test_shallow_variant_keeps_four_blocks_at_the_full_models_resolutions():
+  """googlenet_bn_shallow: 3a, 4a, 4d and 5b, each with the output the full variant's
+  block of that name has (same pools between them), and both aux heads."""
+  images = jnp.zeros((2, 64, 64, 3))
+
+  def build(name):
+    model = models.create_model(name, num_classes=3)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+    features = jax.eval_shape(lambda v: models.extract_features(model, v, images), variables)
+    return variables, features
+
+  (shallow, shallow_features), (_, full_features) = map(
+      build, ('googlenet_bn_shallow', 'googlenet_bn_tiny'))
+  assert sorted(shallow_features) == ['conv1', 'conv2', 'inception_3a', 'inception_4a',
+                                      'inception_4d', 'inception_5b', 'pooled']
+  for name, feature in shallow_features.items():
+    assert feature.shape == full_features[name].shape, name
+  assert {'aux1', 'aux2'} <= set(shallow['params'])
+  misordered = models.create_model('googlenet_bn_tiny', blocks=('4a', '3a'))
+  with pytest.raises(ValueError, match=r"blocks \('4a', '3a'\) must be some of"):
+    misordered.init(jax.random.key(0), images, train=False)
+
+
 def test_caffe_initialization(tiny):
   _, variables, _, _ = tiny
   conv = variables['params']['inception_3a']['5x5']['conv']

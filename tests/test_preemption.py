@@ -92,7 +92,7 @@ class TwoProcessRun:
   @staticmethod
   def _command(workdir, data_dir, address, process_id) -> list[str]:
     return [sys.executable, '-m', 'inception_jax', 'train', '--workdir', str(workdir),
-            '--config.model=googlenet_bn_tiny', f'--config.data_dir={data_dir}',
+            '--config.model=googlenet_bn_shallow', f'--config.data_dir={data_dir}',
             '--config.image_size=32', '--config.batch_size=32', '--config.eval_batch_size=64',
             f'--config.num_train_steps={STEPS}', '--config.warmup_epochs=0',
             '--config.ema_decay=0.9', '--config.deterministic_data=True',
@@ -162,7 +162,7 @@ def test_every_way_of_stopping_saves_one_agreed_step_and_resumes_bit_identical(
   def launch(resumes_at: int | None) -> TwoProcessRun:
     run = TwoProcessRun(workdir, digits_data_dir, subprocess_env)
     if resumes_at is not None:
-      line = run.processes[0].wait_for_line('googlenet_bn_tiny on ')
+      line = run.processes[0].wait_for_line('googlenet_bn_shallow on ')
       assert line.rstrip().endswith(f'resuming at step {resumes_at}'), line
     return run
 

@@ -30,13 +30,13 @@ STEPS = 8
 
 
 def tiny_config(data_dir: pathlib.Path, **fields):
-  """The default config shrunk to googlenet_bn_tiny (with EMA) and a few steps of 32 digits.
+  """The default config shrunk to googlenet_bn_shallow (with EMA) and a few steps of 32 digits.
 
   BatchNorm and EMA make the state hold every kind of leaf a resume must restore.
   """
   config = default.get_config()
-  config.model = 'googlenet_bn_tiny'
-  config.model_options.width = 1 / 8  # the tiny variant's own width, explicit for the CLI
+  config.model = 'googlenet_bn_shallow'
+  config.model_options.width = 1 / 8  # the variant's own width, explicit for the CLI
   config.ema_decay = 0.9
   config.data_dir = str(data_dir)
   config.batch_size = 32
@@ -273,7 +273,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(trained, tmp_path,
   manager = checkpointing.create_manager(root)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
                           raw.state)
-  restored = checkpointing.restore_latest(manager, abstract, {'model': 'googlenet_bn_tiny'})
+  restored = checkpointing.restore_latest(manager, abstract, {'model': 'googlenet_bn_shallow'})
   assert restored.step == steps[-2]
   assert any('damaged' in r.getMessage() for r in caplog.records)
   assert (root / f'{steps[-1]}.damaged').is_dir()  # kept for inspection, out of the way
