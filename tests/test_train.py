@@ -228,7 +228,7 @@ def test_notices_while_a_finished_run_exits_leave_exit_status_0(digits_data_dir,
   # turn its exit into a death by SIGTERM (as they did while the interpreter shut down).
   workdir = tmp_path / 'run'
   cmd = [sys.executable, '-m', 'inception_jax', 'train', '--workdir', str(workdir),
-         *overrides(tiny_config(digits_data_dir))]
+         *overrides(tiny_config(digits_data_dir, num_train_steps=2))]
   proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   lines, sent = [], 0
@@ -249,7 +249,7 @@ def test_notices_while_a_finished_run_exits_leave_exit_status_0(digits_data_dir,
   assert lines[-1].startswith('curves: ') and sent >= 1, output
   assert code == 0, f'exit status {code} after {sent} SIGTERMs\n{output}'
   assert checkpointing.create_manager(workdir / 'checkpoints', read_only=True
-                                      ).latest_step() == STEPS
+                                      ).latest_step() == 2
 
 
 def _cached_train_steps(workdir: pathlib.Path) -> dict[str, tuple[int, int]]:
