@@ -221,7 +221,8 @@ class GoogLeNet(nn.Module):
   def _layout(self) -> list[str]:
     """`blocks` with the stride-2 pools between stages 3, 4 and 5."""
     order = list(INCEPTION_WIDTHS)
-    if not self.blocks or list(self.blocks) != sorted(set(self.blocks), key=order.index):
+    if (not self.blocks or not set(self.blocks) <= set(order)
+        or list(self.blocks) != sorted(set(self.blocks), key=order.index)):
       raise config_lib.ConfigError(
           f'blocks {tuple(self.blocks)} must be some of {tuple(order)}, in that order.')
     stage = {s: [b for b in self.blocks if b[0] == s] for s in '345'}

@@ -259,9 +259,10 @@ def test_shallow_variant_keeps_four_blocks_at_the_full_models_resolutions():
   for name, feature in shallow_features.items():
     assert feature.shape == full_features[name].shape, name
   assert {'aux1', 'aux2'} <= set(shallow['params'])
-  misordered = models.create_model('googlenet_bn_tiny', blocks=('4a', '3a'))
-  with pytest.raises(ValueError, match=r"blocks \('4a', '3a'\) must be some of"):
-    misordered.init(jax.random.key(0), images, train=False)
+  for blocks in (('4a', '3a'), ('3a', '6a'), ('3a', '3a'), ()):
+    with pytest.raises(ValueError, match=rf"blocks {re.escape(str(blocks))} must be some of"):
+      models.create_model('googlenet_bn_tiny', blocks=blocks).init(
+          jax.random.key(0), images, train=False)
 
 
 def test_caffe_initialization(tiny):
