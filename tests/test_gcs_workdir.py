@@ -199,7 +199,8 @@ def test_train_kill_resume_evaluate_export_on_gs(emulator, tmp_path, digits_data
   # Everything of the run is in the bucket.
   names = emulator.objects('run/')
   saved_config = json.loads(emulator.read('run/config.json'))
-  assert saved_config['model'] == 'googlenet_bn_shallow' and saved_config['num_train_steps'] == STEPS
+  assert saved_config['model'] == 'googlenet_bn_shallow'
+  assert saved_config['num_train_steps'] == STEPS
   metrics_text = emulator.read('run/metrics.jsonl').decode()
   assert metrics_text.startswith(metrics_after_kill)  # the first run's lines, kept
   records = [json.loads(line) for line in metrics_text.splitlines()]
