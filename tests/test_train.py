@@ -152,13 +152,18 @@ def test_ensemble_members_on_other_data_are_refused(trained, tmp_path):
     evaluation.evaluate_paths([str(workdir), str(workdir)], 1, [config, other_config])
 
 
+def _start_train(config, workdir, env) -> subprocess.Popen:
+  """`python -m inception_jax train` of `config` in `workdir`, its output on one text pipe."""
+  cmd = [sys.executable, '-m', 'inception_jax', 'train', '--workdir', str(workdir),
+         *overrides(config)]
+  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
 def _run_cli(config, workdir, env, *, stop_after_step: int | None = None,
              stop_signal: int = signal.SIGKILL, delay: float = 0.0) -> tuple[int, str]:
   """Runs `python -m inception_jax train`; optionally signals it `delay` s after a step's line."""
-  cmd = [sys.executable, '-m', 'inception_jax', 'train', '--workdir', str(workdir),
-         *overrides(config)]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = _start_train(config, workdir, env)
   lines, start = [], 0
   try:
     for line in proc.stdout:
@@ -225,12 +230,11 @@ def test_sigterm_then_kill9_then_resume_is_bit_identical(trained, tmp_path, subp
 def test_notices_while_a_finished_run_exits_leave_exit_status_0(digits_data_dir, tmp_path,
                                                                    subprocess_env):
   # A host told to stop just as its run ends: the run has saved, so the notices must not
-  # turn its exit into a death by SIGTERM (as they did while the interpreter shut down).
+  # turn its exit into a death by SIGTERM while the interpreter shuts down (when Python
+  # and JAX have dropped their handlers). Two steps will do: the exit is what matters.
   workdir = tmp_path / 'run'
-  cmd = [sys.executable, '-m', 'inception_jax', 'train', '--workdir', str(workdir),
-         *overrides(tiny_config(digits_data_dir, num_train_steps=2))]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = _start_train(tiny_config(digits_data_dir, num_train_steps=2), workdir,
+                      subprocess_env)
   lines, sent = [], 0
   try:
     for line in proc.stdout:
