@@ -19,8 +19,8 @@ import numpy as np
 
 from experiments import compilation_cache
 from inception_jax.configs import default
-from inception_jax import metric_logging
-from inception_jax import train
+from inception_jax.training import loop
+from inception_jax.training import metric_logging
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -67,7 +67,7 @@ def run(seeds: list[int], epochs: float, width: float, data_dir: str, out: pathl
       for seed in seeds:
         workdir = pathlib.Path(tmp) / f'{name.replace(" ", "_")}_{seed}'
         config = variant_config(changes, seed, epochs, width, data_dir)
-        final = train.train_and_evaluate(config, workdir)
+        final = loop.train_and_evaluate(config, workdir)
         results.setdefault(name, []).append(final['top1'])
         evals = [(r['step'], r['eval_top1']) for r in metric_logging.read_metrics(workdir)
                  if 'eval_top1' in r]

@@ -1,7 +1,7 @@
 """Measures the input pipeline alone: images per second of train and eval preprocessing.
 
 Writes an image folder of generated 500x375 JPEGs (ImageNet's typical size) to a
-temporary directory and times the tf.data pipelines of `inception_jax.input_pipeline`
+temporary directory and times the tf.data pipelines of `inception_jax.data.pipeline`
 on this machine's CPUs, without JAX arrays or a model.
 
 From the repository root:
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from inception_jax import config as config_lib
-from inception_jax import input_pipeline
+from inception_jax.data import pipeline
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 320, 'Generated JPEGs per split.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Crop size of the pipeline.')
@@ -69,15 +69,15 @@ def _train_rate(config, overrides: dict[str, bool]) -> float:
   """Training images per second with `overrides` of the config."""
   config = config.copy_and_resolve_references()
   config.update(overrides)
-  dataset = input_pipeline.make_train_dataset(config, process_index=0, process_count=1)
+  dataset = pipeline.make_train_dataset(config, process_index=0, process_count=1)
   return _images_per_second(dataset, _BATCHES.value, config.batch_size)
 
 
 def _eval_rate(config, crops: int) -> float:
   """Evaluation images (each giving `crops` crops) per second, over the eval split."""
-  dataset = input_pipeline.make_eval_dataset(config, crops=crops, process_index=0,
+  dataset = pipeline.make_eval_dataset(config, crops=crops, process_index=0,
                                              process_count=1)
-  batches = input_pipeline.num_eval_batches(config, process_count=1) - 1
+  batches = pipeline.num_eval_batches(config, process_count=1) - 1
   return _images_per_second(dataset, batches, config.eval_batch_size)
 
 

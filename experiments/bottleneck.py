@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from inception_jax import layers, models, summary
+from inception_jax.model import layers, googlenet, summary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -46,11 +46,11 @@ def _params(module: nn.Module, shape: tuple[int, ...]) -> int:
 def counted_rows() -> list[tuple[str, int, int]]:
   """(what, params, multiply-adds) for the seeds' example and block 3a."""
   block_input = (1, 28, 28, 192)
-  widths = models.INCEPTION_WIDTHS['3a']
+  widths = googlenet.INCEPTION_WIDTHS['3a']
   cases = [('5x5 conv, 32 filters, on 28x28x192', layers.ConvReLU(32, 5)),
            ('1x1 reduction to 16, then 5x5 conv, 32 filters', _Reduced5x5()),
-           ('block 3a, naive (Figure 2a)', models.InceptionBlock(widths, naive=True)),
-           ('block 3a, with reductions (Figure 2b)', models.InceptionBlock(widths))]
+           ('block 3a, naive (Figure 2a)', googlenet.InceptionBlock(widths, naive=True)),
+           ('block 3a, with reductions (Figure 2b)', googlenet.InceptionBlock(widths))]
   return [(name, _params(m, block_input), _macs(m, block_input)) for name, m in cases]
 
 
@@ -59,8 +59,8 @@ def time_forwards(names: list[str], batch: int, repeats: int) -> dict[str, list[
   images = jax.random.normal(jax.random.key(0), (batch, 224, 224, 3))
   forwards = {}
   for name in names:
-    model = models.create_model(name)
-    variables = models.init_variables(model, jax.random.key(1), (1, 224, 224, 3))
+    model = googlenet.create_model(name)
+    variables = googlenet.init_variables(model, jax.random.key(1), (1, 224, 224, 3))
     forward = jax.jit(lambda v, x, m=model: m.apply(v, x, train=False).logits)
     forward(variables, images).block_until_ready()  # compile and warm up
     forwards[name] = (forward, variables)
@@ -96,7 +96,7 @@ def report(batch: int, repeats: int) -> str:
             '| network | params (no aux) | multiply-adds / image | forward ms (median, min-max) |',
             '|---|---:|---:|---:|']
   for name in names:
-    totals = summary.totals(summary.layer_table(models.create_model(name), 224))
+    totals = summary.totals(summary.layer_table(googlenet.create_model(name), 224))
     t = np.array(times[name]) * 1e3
     lines.append(f"| {name} | {totals['params']:,} | {totals['macs'] / 1e9:.2f} G | "
                  f'{np.median(t):,.0f} ({t.min():,.0f}-{t.max():,.0f}) |')

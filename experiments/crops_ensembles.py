@@ -19,11 +19,11 @@ import time
 import numpy as np
 
 from experiments import compilation_cache
-from inception_jax.configs import default
 from inception_jax import config as config_lib
-from inception_jax import evaluation
 from inception_jax import metrics as metrics_lib
-from inception_jax import train
+from inception_jax.configs import default
+from inception_jax.serving import evaluation
+from inception_jax.training import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def run(models: int, epochs: float, data_dir: str) -> str:
       config = model_config(seed, epochs, data_dir)
       workdir = pathlib.Path(tmp) / f'seed_{seed}'
       start = time.time()
-      accuracies.append(train.train_and_evaluate(config, workdir)['top1'])
+      accuracies.append(loop.train_and_evaluate(config, workdir)['top1'])
       train_s += time.time() - start
       loaded = evaluation.load_model(workdir, config)
       for crops in config_lib.CROPS:

@@ -2,7 +2,7 @@
 
   python -m experiments.table1 [--out experiments/results/table1.md]
 
-Counts come from `inception_jax.summary` (shapes by `jax.eval_shape`, no compute).
+Counts come from `inception_jax.model.summary` (shapes by `jax.eval_shape`, no compute).
 The paper's columns are read from tests/data/paper_table1.csv (a copy of Table 1).
 """
 
@@ -10,7 +10,7 @@ import argparse
 import csv
 import pathlib
 
-from inception_jax import models, summary
+from inception_jax.model import googlenet, summary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAPER_TABLE = ROOT / 'tests' / 'data' / 'paper_table1.csv'
@@ -39,7 +39,7 @@ def paper_rows() -> dict[str, dict[str, str]]:
 
 def table() -> str:
   """The comparison as Markdown."""
-  rows = {r.name: r for r in summary.layer_table(models.create_model('googlenet'), 224)}
+  rows = {r.name: r for r in summary.layer_table(googlenet.create_model('googlenet'), 224)}
   totals = summary.totals(list(rows.values()))
   rows['conv2'] = summary.LayerRow('conv2', 'ConvReLU', rows['conv2'].output_shape,
                                    rows['conv2_reduce'].params + rows['conv2'].params,

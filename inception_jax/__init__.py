@@ -15,13 +15,13 @@ from typing import Any
 __version__ = '0.1.0'
 
 _PUBLIC = {
-    'create_model': 'inception_jax.models',
-    'GoogLeNet': 'inception_jax.models',
-    'ModelOutput': 'inception_jax.models',
-    'extract_features': 'inception_jax.models',
-    'init_variables': 'inception_jax.models',
-    'Predictor': 'inception_jax.inference',
-    'Prediction': 'inception_jax.inference',
+    'create_model': 'inception_jax.model.googlenet',
+    'GoogLeNet': 'inception_jax.model.googlenet',
+    'ModelOutput': 'inception_jax.model.googlenet',
+    'extract_features': 'inception_jax.model.googlenet',
+    'init_variables': 'inception_jax.model.googlenet',
+    'Predictor': 'inception_jax.serving.inference',
+    'Prediction': 'inception_jax.serving.inference',
 }
 
 __all__ = ['__version__', *_PUBLIC]

@@ -38,8 +38,10 @@ import jax
 import jax.numpy as jnp
 
 from inception_jax import config as config_lib
-from inception_jax import host_memory, models, sharding, steps, summary, xla_options
-from inception_jax import ops as ops_lib
+from inception_jax import host_memory, sharding, xla_options
+from inception_jax.model import googlenet, summary
+from inception_jax.model import ops as ops_lib
+from inception_jax.training import steps
 
 TORCH_INSTALL = 'pip install -r requirements-test.txt  (torch and torchvision)'
 TORCH_TOPOLOGY = 'googlenet_bn'  # torchvision's googlenet has this topology and FLOPs
@@ -93,9 +95,9 @@ def parse_peaks(spec: str | None) -> dict[str, float]:
       peak = float(value)
     except ValueError:
       peak = 0.0
-    if dtype not in models.DTYPES or not peak > 0:
+    if dtype not in googlenet.DTYPES or not peak > 0:
       raise ValueError(f'bad --peak-tflops entry {item!r}: write dtype=TFLOPS with dtype one '
-                       f'of {sorted(models.DTYPES)} and a positive number, e.g. bfloat16=989.')
+                       f'of {sorted(googlenet.DTYPES)} and a positive number, e.g. bfloat16=989.')
     peaks[dtype] = peak
   return peaks
 
@@ -118,7 +120,7 @@ def threads() -> int:
 
 def matmul_gflops(dtype: str, repeats: int = 3) -> float:
   """Best GFLOP/s of a MATMUL_SIZE² `jnp.dot` in `dtype` on the default device."""
-  a = jax.random.normal(jax.random.key(0), (MATMUL_SIZE, MATMUL_SIZE), models.DTYPES[dtype])
+  a = jax.random.normal(jax.random.key(0), (MATMUL_SIZE, MATMUL_SIZE), googlenet.DTYPES[dtype])
   dot = jax.jit(jnp.dot)
   dot(a, a).block_until_ready()
   best = float('inf')
@@ -131,7 +133,7 @@ def matmul_gflops(dtype: str, repeats: int = 3) -> float:
 
 def flops_per_image(case: Case) -> float:
   """Forward 2·MACs per image for inference; 6·MACs (aux heads included) for training."""
-  totals = summary.totals(summary.layer_table(models.create_model(case.model), case.size))
+  totals = summary.totals(summary.layer_table(googlenet.create_model(case.model), case.size))
   return 2.0 * totals['macs'] if case.kind == 'infer' else 6.0 * totals['macs_with_aux']
 
 
@@ -148,11 +150,11 @@ def jax_runner(case: Case, ops: str, compiler_options: dict[str, Any] | None) ->
 
   `compiler_options` None: the project's defaults (`xla_options.for_model`).
   """
-  model = models.create_model(case.model, dtype=case.dtype, ops=ops)
+  model = googlenet.create_model(case.model, dtype=case.dtype, ops=ops)
   shape = (case.batch, case.size, case.size, 3)
   images = jax.random.normal(jax.random.key(1), shape, jnp.float32)
   if case.kind == 'infer':
-    variables = models.init_variables(model, jax.random.key(0), (1, *shape[1:]))
+    variables = googlenet.init_variables(model, jax.random.key(0), (1, *shape[1:]))
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False).logits)
     if compiler_options is None:
       compiler_options = xla_options.for_model(jax.default_backend())

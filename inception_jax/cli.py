@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import inception_jax
 from inception_jax import config as config_lib
 from inception_jax import host_memory
-from inception_jax import preemption
+from inception_jax.training import preemption
 
 DATA_COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert')  # these run TensorFlow
 
@@ -26,15 +26,15 @@ DATA_COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert')  # these r
 def _train(args: argparse.Namespace) -> None:
   from inception_jax import compilation_cache  # pylint: disable=import-outside-toplevel
   from inception_jax import paths  # pylint: disable=import-outside-toplevel
-  from inception_jax import train  # pylint: disable=import-outside-toplevel
+  from inception_jax.training import loop  # pylint: disable=import-outside-toplevel
   config = config_lib.load(args.config, args.overrides)
   workdir = args.workdir or str(pathlib.Path('workdirs') / pathlib.Path(args.config).stem)
   print(f'config {args.config}; work directory {paths.as_path(workdir)}', flush=True)
   if config.compilation_cache:
     compilation_cache.use_persistent_cache(compilation_cache.directory_for(workdir))
   try:
-    train.train_and_evaluate(config, workdir, args.preemption_watch)
-  except train.Preempted:
+    loop.train_and_evaluate(config, workdir, args.preemption_watch)
+  except loop.Preempted:
     sys.exit(0)
 
 
@@ -51,7 +51,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-  from inception_jax import evaluation, rundir  # pylint: disable=import-outside-toplevel
+  from inception_jax.serving import evaluation  # pylint: disable=import-outside-toplevel
+  from inception_jax.training import rundir
   run_paths = [args.path, *args.ensemble]
   configs = [config_lib.load(rundir.load_config(rundir.workdir_of(p)), args.overrides)
              for p in run_paths]
@@ -77,7 +78,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-  from inception_jax import metric_logging  # pylint: disable=import-outside-toplevel
+  from inception_jax.training import metric_logging  # pylint: disable=import-outside-toplevel
   print(f'wrote {metric_logging.plot_curves(args.workdir)}')
 
 
@@ -89,8 +90,8 @@ def _add_plot(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _summary(args: argparse.Namespace) -> None:
-  from inception_jax import models, summary  # pylint: disable=import-outside-toplevel
-  model = models.create_model(args.model, num_classes=args.num_classes)
+  from inception_jax.model import googlenet, summary  # pylint: disable=import-outside-toplevel
+  model = googlenet.create_model(args.model, num_classes=args.num_classes)
   rows = summary.layer_table(model, args.image_size)
   print(f'{args.model} at {args.image_size}x{args.image_size}, {args.num_classes} classes; '
         'multiply-adds counted from the convolutions and dense layers, per image.')
@@ -136,7 +137,7 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
                  'train:128:64', help='comma-separated kind:batch:size, kind infer or train')
   p.add_argument('--dtypes', default='float32,bfloat16', help='compute dtypes')
   p.add_argument('--ops', default='xla,fast',
-                 help="JAX kernel sets to time side by side: 'xla', 'fast' (inception_jax.ops)")
+                 help="JAX kernel sets to time side by side: 'xla', 'fast' (inception_jax.model.ops)")
   p.add_argument('--compare', choices=('none', 'torchvision'), default='none',
                  help='also time torchvision.models.googlenet, interleaved')
   p.add_argument('--torch-modes', default='eager,compile',
@@ -181,7 +182,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
   p.add_argument('--buckets', type=_batch_sizes,
                  help='batch sizes the forward is compiled for (default 1,8,32,128)')
   p.add_argument('--json', metavar='PATH', help='also write the results as JSON')
-  p.set_defaults(run=_run('inference', 'predict_command'))
+  p.set_defaults(run=_run('serving.inference', 'predict_command'))
   p.intermixed = True
 
 
@@ -197,7 +198,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
                  help="the artifact's input height and width (default: the run's)")
   p.add_argument('--saved-model', metavar='DIR',
                  help='also write a TensorFlow SavedModel of the same function (jax2tf)')
-  p.set_defaults(run=_run('export', 'export_command'))
+  p.set_defaults(run=_run('serving.export', 'export_command'))
 
 
 def _add_convert(subparsers: argparse._SubParsersAction) -> None:
@@ -217,14 +218,14 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
   tv.add_argument('--transform-input', action=argparse.BooleanOptionalAction, default=True,
                   help='the weights were trained with transform_input=True, as torchvision\'s '
                   'pretrained ones (default); sets the input normalization')
-  tv.set_defaults(run=_run('convert', 'torchvision_command'))
+  tv.set_defaults(run=_run('serving.convert', 'torchvision_command'))
   tv.intermixed = True
   caffe = sources.add_parser('caffe', help='bvlc_googlenet .caffemodel -> googlenet')
   caffe.add_argument('caffemodel', nargs='?', metavar='CAFFEMODEL',
                      help="a .caffemodel file (default: BVLC's bvlc_googlenet.caffemodel, "
                      'downloaded once into the cache)')
   caffe.add_argument('out', metavar='OUT', help='the run directory to write')
-  caffe.set_defaults(run=_run('convert', 'caffe_command'))
+  caffe.set_defaults(run=_run('serving.convert', 'caffe_command'))
   caffe.intermixed = True
 
 
@@ -307,8 +308,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   if overrides and not hasattr(args, 'config'):
     raise SystemExit(f'unrecognized arguments: {overrides}')
   if args.command in DATA_COMMANDS:
-    from inception_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-    input_pipeline.hide_gpus_from_tensorflow()
+    from inception_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    pipeline.hide_gpus_from_tensorflow()
   try:
     args.run(args)
   except config_lib.UserError as e:  # bad input: the message says what to do

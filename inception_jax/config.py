@@ -42,7 +42,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   """Returns the configuration with every field at its default value."""
   config = ml_collections.ConfigDict()
 
-  # Model: a name accepted by `inception_jax.models.create_model`.
+  # Model: a name accepted by `inception_jax.model.googlenet.create_model`.
   config.model = 'googlenet'
   # Overrides of the variant's defaults (None keeps the variant's value).
   config.model_options = ml_collections.ConfigDict({
@@ -54,7 +54,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       'dropout_rate': placeholder(float),
       'aux_dropout_rate': placeholder(float),
       # 'auto' (the model's default: 'fast' on CPU, 'xla' elsewhere), 'fast'
-      # (inception_jax/ops.py: same parameters and results) or 'xla' (XLA's own kernels).
+      # (inception_jax/model/ops.py: same parameters and results) or 'xla' (XLA's own kernels).
       'ops': placeholder(str),
   })
   # Compute dtype; parameters stay float32. 'auto': float32 on CPU, bfloat16 on GPU/TPU.
@@ -115,7 +115,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.init_from_reinit = ''  # regex of extra param paths allowed to stay fresh
   config.freeze_backbone = False
 
-  # Several processes (see inception_jax/distributed.py). 'auto': when the three
+  # Several processes (see inception_jax/training/distributed.py). 'auto': when the three
   # fields below are set or JAX detects a cluster (TPU pods, SLURM, mpirun, k8s).
   config.distributed = 'auto'  # 'auto', 'on' or 'off'
   config.coordinator_address = ''  # host:port of process 0

@@ -40,9 +40,9 @@ def digits_data_dir(tmp_path_factory) -> pathlib.Path:
   Subprocesses get it as `--config.data_dir`, so none of them prepares it again.
   """
   import ml_collections  # pylint: disable=import-outside-toplevel
-  from inception_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from inception_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   data_dir = tmp_path_factory.mktemp('tfds')
-  input_pipeline.get_dataset_info(ml_collections.ConfigDict(
+  pipeline.get_dataset_info(ml_collections.ConfigDict(
       dict(dataset='sklearn_digits', data_dir=str(data_dir), manual_dir='',
            train_split='train', eval_split='test')))
   return data_dir

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from inception_jax import cli
-from inception_jax import convert
-from inception_jax import input_pipeline
-from inception_jax import rundir
+from inception_jax.data import pipeline
+from inception_jax.serving import convert
+from inception_jax.training import rundir
 
 
 def random_variables(model, image_size: int, seed: int = 0):
@@ -32,7 +32,7 @@ def random_variables(model, image_size: int, seed: int = 0):
 
 def make_run(directory, config, seed: int = 0):
   """A run directory as training leaves it (config.json, a checkpoint) with random weights."""
-  info = input_pipeline.get_dataset_info(config)
+  info = pipeline.get_dataset_info(config)
   model = rundir.build_model(config, info.num_classes)
   convert.write_run(directory, config, random_variables(model, config.image_size, seed),
                     info.class_names)

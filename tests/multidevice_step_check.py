@@ -31,8 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from inception_jax import config as config_lib
-from inception_jax import models, steps, xla_options
 from inception_jax import sharding as sharding_lib
+from inception_jax import xla_options
+from inception_jax.model import googlenet
+from inception_jax.training import steps
 
 MODELS = ('googlenet_tiny', 'googlenet_bn_shallow')
 BATCH_SIZE, IMAGE_SIZE, NUM_CLASSES, STEPS = 16, 32, 5, 2
@@ -77,7 +79,7 @@ def compare(model_name: str) -> dict[str, float]:
   difference would be.
   """
   config = _config(model_name)
-  model = models.create_model(model_name, num_classes=NUM_CLASSES,
+  model = googlenet.create_model(model_name, num_classes=NUM_CLASSES,
                               ops=config.model_options.ops)
   mesh8, mesh1 = sharding_lib.create_mesh(), sharding_lib.create_mesh(jax.devices()[:1])
   state8, sharding8 = steps.create_train_state(

@@ -14,11 +14,11 @@ import sys
 import jax
 import numpy as np
 
-from inception_jax.configs import default
-from inception_jax import distributed
-from inception_jax import models
-from inception_jax import steps
 from inception_jax import sharding as sharding_lib
+from inception_jax.configs import default
+from inception_jax.model import googlenet
+from inception_jax.training import distributed
+from inception_jax.training import steps
 
 STEPS = 3
 GLOBAL_BATCH = 8
@@ -46,7 +46,7 @@ def main(out: str, process_id: int, num_processes: int, coordinator: str = '') -
   config.distributed_timeout_seconds = 60
   distributed.initialize(config)
   mesh = sharding_lib.create_mesh()
-  model = models.create_model(config.model, num_classes=NUM_CLASSES)
+  model = googlenet.create_model(config.model, num_classes=NUM_CLASSES)
   state, state_sharding = steps.create_train_state(
       config, model, (1, IMAGE_SIZE, IMAGE_SIZE, 3), mesh, steps_per_epoch=10)
   step_fn = steps.make_train_step(config, mesh, state_sharding)

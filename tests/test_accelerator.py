@@ -49,8 +49,10 @@ import numpy as np
 import pytest
 
 from inception_jax import config as config_lib
-from inception_jax import models, steps, xla_options
 from inception_jax import sharding as sharding_lib
+from inception_jax import xla_options
+from inception_jax.model import googlenet
+from inception_jax.training import steps
 
 pytestmark = pytest.mark.accelerator
 
@@ -99,8 +101,8 @@ def _rel_err(got, want) -> float:
 
 def _assert_trees_close(got, want, tol: float, what: str) -> None:
   """Every leaf of `got` within normwise `tol` of `want`'s; names the worst leaves."""
-  got_leaves = models.named_leaves(jax.device_get(got))
-  want_leaves = models.named_leaves(jax.device_get(want))
+  got_leaves = googlenet.named_leaves(jax.device_get(got))
+  want_leaves = googlenet.named_leaves(jax.device_get(want))
   assert got_leaves.keys() == want_leaves.keys(), what
   errors = {name: _rel_err(got_leaves[name], want_leaves[name]) for name in want_leaves}
   worst = sorted(errors.items(), key=lambda item: -item[1])[:5]
@@ -140,8 +142,8 @@ def _config(model: str) -> ml_collections.ConfigDict:
   return config
 
 
-def _model(name: str, **options) -> models.GoogLeNet:
-  return models.create_model(name, num_classes=NUM_CLASSES, **{'ops': 'xla', **options})
+def _model(name: str, **options) -> googlenet.GoogLeNet:
+  return googlenet.create_model(name, num_classes=NUM_CLASSES, **{'ops': 'xla', **options})
 
 
 def _batch() -> dict[str, np.ndarray]:
@@ -226,7 +228,7 @@ def test_training_step_on_the_accelerator_equals_the_cpu_reference(float32_steps
 # (b) The two kernel sets agree on the accelerator.
 
 
-def _loss_and_grads(model: models.GoogLeNet, host_state: steps.TrainState, device):
+def _loss_and_grads(model: googlenet.GoogLeNet, host_state: steps.TrainState, device):
   """(loss, logits, batch_stats, grads) of the training forward pass on `device`."""
   batch = jax.device_put(_batch(), device)
   params = jax.device_put(host_state.params, device)
@@ -234,7 +236,7 @@ def _loss_and_grads(model: models.GoogLeNet, host_state: steps.TrainState, devic
   key = jax.random.fold_in(jax.random.wrap_key_data(jnp.asarray(host_state.rng)), 0)
 
   def loss_fn(params):
-    output, updated = model.apply(models.model_variables(params, batch_stats), batch['image'],
+    output, updated = model.apply(googlenet.model_variables(params, batch_stats), batch['image'],
                                   train=True, rngs={'dropout': key}, mutable=['batch_stats'])
     loss, _ = steps.classification_loss(output, batch['label'], 0.3)
     return loss, (output.logits, updated.get('batch_stats', {}))
@@ -307,7 +309,8 @@ def tiny_run(tmp_path_factory):
   # Imported here: these pull in TensorFlow (seconds), needed by this test alone.
   from inception_jax.configs import default  # pylint: disable=import-outside-toplevel
   from helpers import random_variables  # pylint: disable=import-outside-toplevel
-  from inception_jax import convert, rundir  # pylint: disable=import-outside-toplevel
+  from inception_jax.serving import convert  # pylint: disable=import-outside-toplevel
+  from inception_jax.training import rundir
   config = default.get_config()
   config.model = 'googlenet_bn_tiny'
   config.model_options.width = None
@@ -319,7 +322,8 @@ def tiny_run(tmp_path_factory):
 
 def test_exported_artifact_runs_on_the_accelerator_and_gives_in_process_logits(
     tiny_run, accelerator):
-  from inception_jax import evaluation, export, rundir  # pylint: disable=import-outside-toplevel
+  from inception_jax.serving import evaluation, export  # pylint: disable=import-outside-toplevel
+  from inception_jax.training import rundir
   loaded = evaluation.load_model(tiny_run, rundir.load_config(tiny_run))
   rng = np.random.default_rng(1)
   pixels = rng.integers(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)

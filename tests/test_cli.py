@@ -20,10 +20,10 @@ import inception_jax
 from inception_jax.configs import default
 from helpers import make_run
 from test_train import overrides
-from inception_jax import checkpointing
 from inception_jax import cli
 from inception_jax import config as config_lib
-from inception_jax import metric_logging
+from inception_jax.training import checkpointing
+from inception_jax.training import metric_logging
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT = 'default'
@@ -288,7 +288,7 @@ def test_version_is_the_package_version(capsys):
 
 def test_the_light_parser_states_the_choices_and_defaults_its_commands_use():
   # cli.py spells these out so that --help imports neither module: they must stay the same.
-  from inception_jax import export, inference  # pylint: disable=import-outside-toplevel
+  from inception_jax.serving import export, inference  # pylint: disable=import-outside-toplevel
   parser = cli.build_parser()
   commands = next(a for a in parser._actions if a.dest == 'command').choices  # pylint: disable=protected-access
   options = {command: {a.dest: a for a in commands[command]._actions}  # pylint: disable=protected-access

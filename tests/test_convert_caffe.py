@@ -10,10 +10,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from inception_jax import caffe_pb2
-from inception_jax import convert
-from inception_jax import inference
-from inception_jax import models
+from inception_jax.model import googlenet
+from inception_jax.serving import caffe_pb2
+from inception_jax.serving import convert
+from inception_jax.serving import inference
 from helpers import convert_cli
 
 
@@ -25,7 +25,7 @@ def bvlc_weight_shapes() -> dict[str, tuple[int, ...]]:
   shapes = {'conv1/7x7_s2': (64, 3, 7, 7), 'conv2/3x3_reduce': (64, 64, 1, 1),
             'conv2/3x3': (192, 64, 3, 3)}
   channels = 192
-  for block, (n1, r3, n3, r5, n5, proj) in models.INCEPTION_WIDTHS.items():
+  for block, (n1, r3, n3, r5, n5, proj) in googlenet.INCEPTION_WIDTHS.items():
     shapes.update({f'inception_{block}/1x1': (n1, channels, 1, 1),
                    f'inception_{block}/3x3_reduce': (r3, channels, 1, 1),
                    f'inception_{block}/3x3': (n3, r3, 3, 3),
@@ -218,7 +218,7 @@ def test_caffe_layer_map_covers_bvlc_googlenet_exactly():
   layers = _prototxt_layers()
   assert {n for n, (k, _) in layers.items() if k == 'Convolution'} == set(convs)
   assert {n for n, (k, _) in layers.items() if k == 'InnerProduct'} == set(denses)
-  model = models.create_model('googlenet')
+  model = googlenet.create_model('googlenet')
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
                                              train=False))['params']
   for caffe_name, path in {**convs, **denses}.items():

@@ -11,10 +11,10 @@ torch = pytest.importorskip('torch')  # the peer library; not installed in every
 import torchvision  # pylint: disable=wrong-import-position
 
 from inception_jax import cli
-from inception_jax import convert
-from inception_jax import evaluation
-from inception_jax import models
-from inception_jax import rundir
+from inception_jax.model import googlenet
+from inception_jax.serving import convert
+from inception_jax.serving import evaluation
+from inception_jax.training import rundir
 from helpers import convert_cli
 
 TORCH_SIZE = 64  # odd sizes after conv1, so the ceil-mode pools matter
@@ -108,7 +108,7 @@ def converted(torch_model):
 @pytest.fixture(scope='module')
 def flax_forward(converted):
   """googlenet_bn with the converted weights: (logits, {stage: output}), eval mode, jitted."""
-  model = models.create_model('googlenet_bn')
+  model = googlenet.create_model('googlenet_bn')
   return jax.jit(lambda x: model.apply(converted, x, train=False, mutable=['intermediates']))
 
 
@@ -142,7 +142,7 @@ def test_torchvision_logits_match_exactly_in_float64(torch_model, torch_input, c
   del x64
   with torch.no_grad():
     expected = copy.deepcopy(torch_model).double()(torch_input.double()).numpy()
-  model = models.create_model('googlenet_bn', dtype=jnp.float64)
+  model = googlenet.create_model('googlenet_bn', dtype=jnp.float64)
   variables = jax.tree.map(lambda a: np.asarray(a, np.float64), converted)
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False).logits)
   logits = forward(variables, torch_input.double().numpy().transpose(0, 2, 3, 1))
@@ -164,7 +164,7 @@ def test_torchvision_aux_heads_match(raw_images, torch_outputs, converted, flax_
   pixels = raw_images.transpose(0, 2, 3, 1) * 255
   mean, std = convert.torchvision_mean_std(False)
   _, state = flax_forward((pixels - np.array(mean)) / np.array(std))
-  head = models.AuxHead(num_classes=1000, adaptive_pool=True, batch_norm=True,
+  head = googlenet.AuxHead(num_classes=1000, adaptive_pool=True, batch_norm=True,
                         init_scheme='torchvision')
   for i, stage in enumerate(('inception_4a', 'inception_4d')):
     features = state['intermediates'][f'{stage}_output'][0]

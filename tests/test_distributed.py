@@ -15,7 +15,7 @@ import ml_collections
 import pytest
 
 from inception_jax import config as config_lib
-from inception_jax import distributed
+from inception_jax.training import distributed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLUSTER_VARIABLES = ('SLURM_', 'OMPI_', 'PMI_', 'TPU_', 'MEGASCALE_', 'KUBERNETES_',
@@ -139,7 +139,8 @@ def _free_port() -> int:
 
 _START = '''
 import json, sys
-from inception_jax import config as config_lib, distributed
+from inception_jax import config as config_lib
+from inception_jax.training import distributed
 config = config_lib.get_base_config()
 config.distributed = sys.argv[1]
 config.distributed_timeout_seconds = 60
@@ -187,7 +188,8 @@ def test_on_without_a_cluster_is_a_clear_error():
 
 _BARRIERS = '''
 import json, os, sys, time
-from inception_jax import config as config_lib, distributed
+from inception_jax import config as config_lib
+from inception_jax.training import distributed
 config = config_lib.get_base_config()
 config.coordinator_address, config.num_processes = sys.argv[1], 2
 config.process_id = int(sys.argv[2])

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from inception_jax.configs import default
 from inception_jax import cli
 from inception_jax import config as config_lib
-from inception_jax import convert
-from inception_jax import evaluation
-from inception_jax import export
-from inception_jax import rundir
+from inception_jax.configs import default
+from inception_jax.serving import convert
+from inception_jax.serving import evaluation
+from inception_jax.serving import export
+from inception_jax.training import rundir
 from helpers import random_variables
 
 IMAGE_SIZE = 32

@@ -245,8 +245,8 @@ def _tiny_state(offset: float):
 def test_damaged_checkpoint_is_moved_aside_on_gs(gcs_env, caplog):
   """restore_latest on gs://: the damaged newest step becomes '<step>.damaged', the one before loads."""
   # pylint: disable=import-outside-toplevel
-  from inception_jax import checkpointing
-  from inception_jax import rundir
+  from inception_jax.training import checkpointing
+  from inception_jax.training import rundir
   emulator = gcs_env
   workdir = f'gs://{BUCKET}/unit'
   meta = {'model': 'googlenet_tiny', 'num_classes': 3}
@@ -288,7 +288,7 @@ def test_damaged_checkpoint_is_moved_aside_on_gs(gcs_env, caplog):
 
 def test_config_round_trip_on_gs(gcs_env):
   # pylint: disable=import-outside-toplevel
-  from inception_jax import rundir
+  from inception_jax.training import rundir
   config = tiny_config(pathlib.Path('/data'))
   rundir.save_config(config, f'gs://{BUCKET}/cfg')
   assert gcs_env.objects('cfg/') == ['cfg/config.json']

@@ -6,14 +6,14 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from inception_jax.configs import default
 from inception_jax import cli
-from inception_jax import convert
-from inception_jax import inference
-from inception_jax import metric_logging
-from inception_jax import models
-from inception_jax import preprocessing
-from inception_jax import rundir
+from inception_jax.configs import default
+from inception_jax.data import preprocessing
+from inception_jax.model import googlenet
+from inception_jax.serving import convert
+from inception_jax.serving import inference
+from inception_jax.training import metric_logging
+from inception_jax.training import rundir
 from helpers import random_variables
 
 IMAGE_SIZE = 32
@@ -54,7 +54,7 @@ def run_dir(tmp_path_factory, images):
   preprocess = preprocessing.EvalPreprocess(IMAGE_SIZE, tuple(config.mean_rgb),
                                             tuple(config.std_rgb), resize_ratio=1.0)
   (_, pixels), = inference.preprocessed_batches([images['red'], images['blue']], preprocess, 2)
-  f_red, f_blue = np.asarray(models.extract_features(model, variables, pixels)['pooled'])
+  f_red, f_blue = np.asarray(googlenet.extract_features(model, variables, pixels)['pooled'])
   direction = f_red - f_blue
   w = direction * 10 / np.dot(direction, direction)
   bias = -np.dot(w, (f_red + f_blue) / 2)

@@ -1,4 +1,4 @@
-"""Tests of inception_jax.input_pipeline and the embedded sklearn_digits data set.
+"""Tests of inception_jax.data.pipeline and the embedded sklearn_digits data set.
 
 Everything runs offline on data the tests make: sklearn_digits built into a temporary
 data_dir, and small generated image folders. Several JAX processes are simulated through
@@ -19,8 +19,8 @@ from sklearn import datasets as sklearn_datasets
 import tensorflow_datasets as tfds
 
 from inception_jax import config as config_lib
-from inception_jax import input_pipeline
-from inception_jax.datasets import sklearn_digits
+from inception_jax.data import pipeline
+from inception_jax.data.datasets import sklearn_digits
 
 IMAGE_SIZE = 16
 TENCH, GOLDFISH = 'n01440764', 'n01443537'  # ImageNet synsets as class folder names
@@ -96,12 +96,12 @@ def _examples(batches) -> collections.Counter:
 
 
 def _train_batches(config, count, **kwargs) -> list[dict[str, np.ndarray]]:
-  ds = input_pipeline.make_train_dataset(config, **kwargs).take(count)
+  ds = pipeline.make_train_dataset(config, **kwargs).take(count)
   return list(ds.as_numpy_iterator())
 
 
 def test_sklearn_digits_builds_offline(digits_config):
-  info = input_pipeline.get_dataset_info(digits_config)
+  info = pipeline.get_dataset_info(digits_config)
   assert info.name == 'sklearn_digits'
   assert info.num_classes == 10
   assert info.class_names == tuple('0123456789')
@@ -136,12 +136,12 @@ def test_train_batches_have_local_shapes(digits_config):
 @pytest.mark.parametrize('process_count,batch_size', [(2, 64), (3, 63)])
 def test_padded_eval_counts_each_example_once(digits_config, process_count, batch_size):
   config = _config(data_dir=digits_config.data_dir, eval_batch_size=batch_size)
-  whole = list(input_pipeline.make_eval_dataset(config, process_count=1,
+  whole = list(pipeline.make_eval_dataset(config, process_count=1,
                                                 process_index=0).as_numpy_iterator())
-  shares = [list(input_pipeline.make_eval_dataset(
+  shares = [list(pipeline.make_eval_dataset(
       config, process_index=index, process_count=process_count).as_numpy_iterator())
             for index in range(process_count)]
-  expected_batches = input_pipeline.num_eval_batches(config, process_count)
+  expected_batches = pipeline.num_eval_batches(config, process_count)
   assert [len(share) for share in shares] == [expected_batches] * process_count
   assert sum(batch['mask'].sum() for share in shares for batch in share) == 360
   assert sum((_examples(share) for share in shares), collections.Counter()) == (
@@ -153,7 +153,7 @@ def test_eval_keeps_split_order_without_deterministic_data(digits_config):
   # Ensembles average the members' predictions example by example: the order must hold
   # even where training data may come in any order for speed.
   config = _replace(digits_config, deterministic_data=False, eval_split='train')
-  dataset = input_pipeline.make_eval_dataset(config, process_index=0, process_count=1)
+  dataset = pipeline.make_eval_dataset(config, process_index=0, process_count=1)
   assert dataset.options().deterministic
   labels = np.concatenate([batch['label'][batch['mask'] > 0]
                            for batch in dataset.as_numpy_iterator()])
@@ -171,15 +171,15 @@ def test_train_epochs_are_permutations_of_disjoint_shares(digits_config, folder_
                     crop='center', random_flip=False, eval_split='train')
   shares = []
   for index in range(2):
-    share = _examples(input_pipeline.make_eval_dataset(
+    share = _examples(pipeline.make_eval_dataset(
         config, process_index=index, process_count=2).as_numpy_iterator())
     size = sum(share.values())
-    first_epoch = input_pipeline.make_train_dataset(
+    first_epoch = pipeline.make_train_dataset(
         config, process_index=index, process_count=2).unbatch().take(size).batch(size)
     assert _examples(first_epoch.as_numpy_iterator()) == share
     shares.append(share)
   assert not set(shares[0]) & set(shares[1])
-  whole = _examples(input_pipeline.make_eval_dataset(
+  whole = _examples(pipeline.make_eval_dataset(
       config, process_index=0, process_count=1).as_numpy_iterator())
   assert shares[0] + shares[1] == whole
 
@@ -222,7 +222,7 @@ def test_nondeterministic_mode_yields_batches(digits_config):
 
 
 def test_image_folder_info_has_readable_imagenet_names(folder_config):
-  info = input_pipeline.get_dataset_info(folder_config)
+  info = pipeline.get_dataset_info(folder_config)
   assert info.name == 'image_folder'
   assert info.class_names == ('tench, Tinca tinca', 'goldfish, Carassius auratus')
   assert info.num_classes == 2
@@ -230,7 +230,7 @@ def test_image_folder_info_has_readable_imagenet_names(folder_config):
 
 
 def test_image_folder_eval_reads_every_format(folder_config):
-  batches = list(input_pipeline.make_eval_dataset(folder_config, crops=10)
+  batches = list(pipeline.make_eval_dataset(folder_config, crops=10)
                  .as_numpy_iterator())
   assert len(batches) == 3  # 10 test images in batches of 4: the last one padded
   assert batches[0]['image'].shape == (4, 10, IMAGE_SIZE, IMAGE_SIZE, 3)
@@ -243,7 +243,7 @@ def test_bad_images_are_skipped_and_logged_by_name(bad_folder, caplog):
   root, corrupt, empty = bad_folder
   config = _config(dataset='image_folder', image_folder=root, batch_size=5,
                    on_bad_image='skip')
-  assert input_pipeline.find_bad_images([corrupt, empty]) == {
+  assert pipeline.find_bad_images([corrupt, empty]) == {
       corrupt: 'cannot be read or decoded', empty: 'empty file'}
   with caplog.at_level('WARNING'):
     epoch = _train_batches(config, 2)  # the 10 good images
@@ -258,8 +258,8 @@ def test_bad_images_are_skipped_and_logged_by_name(bad_folder, caplog):
 def test_bad_images_fail_at_start_naming_the_files(bad_folder):
   root, corrupt, empty = bad_folder
   config = _config(dataset='image_folder', image_folder=root, on_bad_image='fail')
-  with pytest.raises(input_pipeline.BadImageError) as error:
-    input_pipeline.make_train_dataset(config)
+  with pytest.raises(pipeline.BadImageError) as error:
+    pipeline.make_train_dataset(config)
   assert corrupt in str(error.value) and empty in str(error.value)
 
 
@@ -270,8 +270,8 @@ def test_bad_images_fail_at_start_naming_the_files(bad_folder):
 def test_unprepared_dataset_fails_fast_with_instructions(tmp_path, name, expected):
   config = _config(dataset=name, data_dir=str(tmp_path))
   start = time.monotonic()
-  for make in (input_pipeline.get_dataset_info, input_pipeline.make_train_dataset):
-    with pytest.raises(input_pipeline.DatasetNotPreparedError, match=expected):
+  for make in (pipeline.get_dataset_info, pipeline.make_train_dataset):
+    with pytest.raises(pipeline.DatasetNotPreparedError, match=expected):
       make(config)
   assert time.monotonic() - start < 5
 
@@ -283,16 +283,16 @@ def test_manual_dataset_without_its_files_fails_fast(tmp_path):
   config = _config(dataset='imagenet2012', data_dir=str(tmp_path / 'tfds'),
                    manual_dir=str(manual_dir))
   start = time.monotonic()
-  with pytest.raises(input_pipeline.DatasetNotPreparedError,
+  with pytest.raises(pipeline.DatasetNotPreparedError,
                      match=f"Preparing 'imagenet2012' from {manual_dir} failed"):
-    input_pipeline.get_dataset_info(config)
+    pipeline.get_dataset_info(config)
   assert time.monotonic() - start < 5
 
 
 def test_unknown_split_is_named(digits_config):
   config = _config(data_dir=digits_config.data_dir, eval_split='validation')
   with pytest.raises(ValueError, match="'validation' is not in 'sklearn_digits'"):
-    input_pipeline.make_eval_dataset(config)
+    pipeline.make_eval_dataset(config)
 
 
 def test_batch_must_split_over_processes(digits_config):
@@ -304,15 +304,15 @@ def test_batch_must_split_over_processes(digits_config):
 def test_iterators_yield_global_arrays_on_a_one_device_mesh(digits_config):
   mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
   sharding = NamedSharding(mesh, PartitionSpec('data'))
-  batch = next(input_pipeline.create_train_iterator(digits_config, mesh, start_step=5))
+  batch = next(pipeline.create_train_iterator(digits_config, mesh, start_step=5))
   assert isinstance(batch['image'], jax.Array)
   assert batch['image'].shape == (16, IMAGE_SIZE, IMAGE_SIZE, 3)
   assert batch['label'].shape == (16,) and batch['label'].dtype == np.int32
   assert batch['image'].sharding.is_equivalent_to(sharding, 4)
-  spec = input_pipeline.train_batch_spec(digits_config, mesh)
+  spec = pipeline.train_batch_spec(digits_config, mesh)
   assert {k: (v.shape, v.dtype, v.sharding) for k, v in spec.items()} == {
       k: (v.shape, v.dtype, v.sharding) for k, v in batch.items()}
-  eval_batches = list(input_pipeline.create_eval_iterator(digits_config, mesh, crops=10))
+  eval_batches = list(pipeline.create_eval_iterator(digits_config, mesh, crops=10))
   assert len(eval_batches) == 6  # ceil(360 / 64)
   assert eval_batches[0]['image'].shape == (64, 10, IMAGE_SIZE, IMAGE_SIZE, 3)
   assert eval_batches[0]['mask'].sharding.is_equivalent_to(sharding, 1)

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception_jax import cli, layers, models, summary, xla_options
+from inception_jax import cli, xla_options
+from inception_jax.model import layers, googlenet, summary
 
 TABLE1 = pathlib.Path(__file__).parent / 'data' / 'paper_table1.csv'
 
@@ -25,7 +26,7 @@ def _table1() -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope='module')
 def paper_rows():
-  return {r.name: r for r in summary.layer_table(models.create_model('googlenet'), 224)}
+  return {r.name: r for r in summary.layer_table(googlenet.create_model('googlenet'), 224)}
 
 
 @pytest.fixture(scope='module')
@@ -54,7 +55,7 @@ def test_totals_with_and_without_aux_heads(paper_rows):
   totals = summary.totals(list(paper_rows.values()))
   assert totals['params'] == 6_998_552
   assert totals['params_with_aux'] == 13_378_280
-  bn = summary.totals(summary.layer_table(models.create_model('googlenet_bn'), 224))
+  bn = summary.totals(summary.layer_table(googlenet.create_model('googlenet_bn'), 224))
   assert bn['params'] == 6_624_904  # torchvision's googlenet, aux_logits=False
   assert bn['params_with_aux'] == 13_004_888
 
@@ -95,10 +96,10 @@ def test_bottleneck_cost_example_of_the_seeds():
 
 
 def test_naive_block_costs_more_than_the_reduced_block():
-  widths = models.INCEPTION_WIDTHS['3a']
-  naive_calls, _ = summary.trace_calls(models.InceptionBlock(widths, naive=True),
+  widths = googlenet.INCEPTION_WIDTHS['3a']
+  naive_calls, _ = summary.trace_calls(googlenet.InceptionBlock(widths, naive=True),
                                        (1, 28, 28, 192), train=False)
-  reduced_calls, _ = summary.trace_calls(models.InceptionBlock(widths), (1, 28, 28, 192),
+  reduced_calls, _ = summary.trace_calls(googlenet.InceptionBlock(widths), (1, 28, 28, 192),
                                          train=False)
   naive = sum(c.macs for c in naive_calls)
   assert naive == 28 * 28 * 192 * (64 + 128 * 9 + 32 * 25) == 303_464_448
@@ -108,7 +109,7 @@ def test_naive_block_costs_more_than_the_reduced_block():
 
 
 def test_stage_output_shapes_at_224():
-  calls, _ = summary.trace_calls(models.create_model('googlenet'), (1, 224, 224, 3),
+  calls, _ = summary.trace_calls(googlenet.create_model('googlenet'), (1, 224, 224, 3),
                                  train=False)
   shapes = {c.path: c.output_shape for c in calls}
   assert shapes[('conv1',)] == (112, 112, 64)
@@ -130,16 +131,16 @@ def test_stage_output_shapes_at_224():
 
 @pytest.mark.parametrize('size', [31, 57, 100, 223, 225, 299])
 def test_odd_and_small_input_sizes_work(size):
-  out = jax.eval_shape(lambda x: models.create_model('googlenet').init(
+  out = jax.eval_shape(lambda x: googlenet.create_model('googlenet').init(
       jax.random.key(0), x, train=False), jnp.zeros((1, size, size, 3)))
   assert out['params']['classifier']['kernel'].shape == (1024, 1000)
 
 
 def test_too_small_input_fails_clearly():
   with pytest.raises(ValueError, match='at least 31x31'):
-    jax.eval_shape(lambda x: models.create_model('googlenet').init(
+    jax.eval_shape(lambda x: googlenet.create_model('googlenet').init(
         jax.random.key(0), x, train=False), jnp.zeros((1, 30, 30, 3)))
-  assert models.create_model('googlenet_bn').min_input_size() == 15
+  assert googlenet.create_model('googlenet_bn').min_input_size() == 15
 
 
 @pytest.mark.parametrize('size,window,stride,pad,expected', [
@@ -204,9 +205,9 @@ def _jit(fn, **kwargs):
 
 @pytest.fixture(scope='module')
 def tiny():
-  model = models.create_model('googlenet_tiny', num_classes=7)
+  model = googlenet.create_model('googlenet_tiny', num_classes=7)
   images = jax.random.normal(jax.random.key(0), (4, 35, 35, 3))
-  variables = models.init_variables(model, jax.random.key(1), images.shape)
+  variables = googlenet.init_variables(model, jax.random.key(1), images.shape)
   apply = _jit(model.apply, static_argnames='train')
   return model, variables, images, apply
 
@@ -235,7 +236,7 @@ def test_eval_mode_is_deterministic_without_rngs_and_has_no_aux(tiny):
 
 
 def test_aux_heads_off_builds_no_aux_parameters():
-  model = models.create_model('googlenet_tiny', aux_heads=False, num_classes=3)
+  model = googlenet.create_model('googlenet_tiny', aux_heads=False, num_classes=3)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
                              jnp.zeros((1, 32, 32, 3)))
   assert not any(name.startswith('aux') for name in variables['params'])
@@ -247,9 +248,9 @@ def test_shallow_variant_keeps_four_blocks_at_the_full_models_resolutions():
   images = jnp.zeros((2, 64, 64, 3))
 
   def build(name):
-    model = models.create_model(name, num_classes=3)
+    model = googlenet.create_model(name, num_classes=3)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
-    features = jax.eval_shape(lambda v: models.extract_features(model, v, images), variables)
+    features = jax.eval_shape(lambda v: googlenet.extract_features(model, v, images), variables)
     return variables, features
 
   (shallow, shallow_features), (_, full_features) = map(
@@ -261,7 +262,7 @@ def test_shallow_variant_keeps_four_blocks_at_the_full_models_resolutions():
   assert {'aux1', 'aux2'} <= set(shallow['params'])
   for blocks in (('4a', '3a'), ('3a', '6a'), ('3a', '3a'), ()):
     with pytest.raises(ValueError, match=rf"blocks {re.escape(str(blocks))} must be some of"):
-      models.create_model('googlenet_bn_tiny', blocks=blocks).init(
+      googlenet.create_model('googlenet_bn_tiny', blocks=blocks).init(
           jax.random.key(0), images, train=False)
 
 
@@ -278,7 +279,7 @@ def test_caffe_initialization(tiny):
 
 def test_features_are_the_stage_outputs(tiny):
   model, variables, images, apply = tiny
-  features = _jit(lambda v, x: models.extract_features(model, v, x))(variables, images)
+  features = _jit(lambda v, x: googlenet.extract_features(model, v, x))(variables, images)
   assert features['pooled'].shape == (4, 128)  # 1024 channels / 8
   assert features['inception_5b'].shape[-1] == 128
   assert features['inception_3a'].shape == (4, 4, 4, 32)  # 35 → 18 → 9 → 4
@@ -295,7 +296,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(tiny):
   the stage outputs must be bfloat16 and the logits must move off float32's.
   """
   _, variables, images, apply = tiny
-  bf16 = models.create_model('googlenet_tiny', num_classes=7, dtype='bfloat16')
+  bf16 = googlenet.create_model('googlenet_tiny', num_classes=7, dtype='bfloat16')
   shapes = jax.eval_shape(lambda: bf16.init(jax.random.key(0), images, train=False))
   assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
   lowered = _jit(lambda v, x: bf16.apply(v, x, train=False, mutable=['intermediates'])).lower(
@@ -317,7 +318,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(tiny):
 
 
 def test_batchnorm_variant_updates_running_statistics():
-  model = models.create_model('googlenet_bn_tiny', num_classes=3)
+  model = googlenet.create_model('googlenet_bn_tiny', num_classes=3)
   images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(1), x, train=False), images)
   variables = jax.tree.map(lambda s: jnp.full(s.shape, 0.1, s.dtype), shapes)
@@ -335,11 +336,11 @@ def test_batchnorm_variant_updates_running_statistics():
 
 def test_create_model_rejects_unknown_names_and_options():
   with pytest.raises(ValueError, match='unknown model'):
-    models.create_model('resnet50')
+    googlenet.create_model('resnet50')
   with pytest.raises(ValueError, match='unknown model options'):
-    models.create_model('googlenet', num_clases=10)
+    googlenet.create_model('googlenet', num_clases=10)
   with pytest.raises(ValueError, match='unknown dtype'):
-    models.create_model('googlenet', dtype='float8')
+    googlenet.create_model('googlenet', dtype='float8')
 
 
 def test_summary_command_writes_json(tmp_path, capsys):

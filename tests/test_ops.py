@@ -1,4 +1,4 @@
-"""inception_jax.ops against the plain XLA formulations and their `jax.grad`."""
+"""inception_jax.model.ops against the plain XLA formulations and their `jax.grad`."""
 
 import functools
 import re
@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception_jax import layers, models, ops, xla_options
+from inception_jax import xla_options
+from inception_jax.model import layers, googlenet, ops
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 # Each check compiles as one program, with the fast-compile options: op by op, every window
@@ -206,7 +207,7 @@ def test_batch_norm_relu_layer_trains_and_evaluates_like_flax_batch_norm():
 
 
 def test_unknown_ops_is_refused():
-  model = models.create_model('googlenet_tiny', ops='cuda')
+  model = googlenet.create_model('googlenet_tiny', ops='cuda')
   with pytest.raises(ValueError, match="'xla'"):
     model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
 
@@ -220,10 +221,10 @@ def test_fast_model_equals_xla_model(name):
   must differ as the fast set promises: without that the test would compare a model
   with itself and pass if `ops` were ignored.
   """
-  plain = models.create_model(name, num_classes=5, ops='xla')
-  fast = models.create_model(name, num_classes=5, ops='fast')
+  plain = googlenet.create_model(name, num_classes=5, ops='xla')
+  fast = googlenet.create_model(name, num_classes=5, ops='fast')
   images = jax.random.normal(jax.random.key(3), (4, 48, 48, 3))
-  variables = models.init_variables(plain, jax.random.key(0), images.shape)
+  variables = googlenet.init_variables(plain, jax.random.key(0), images.shape)
   fast_shapes = jax.eval_shape(lambda: fast.init(jax.random.key(0), images, train=False))
   assert jax.tree.map(jnp.shape, fast_shapes) == jax.tree.map(jnp.shape, variables)
 

@@ -1,4 +1,4 @@
-"""Tests of inception_jax.optim: schedules, weight-decay masks and updates by hand arithmetic."""
+"""Tests of inception_jax.training.optim: schedules, weight-decay masks and updates by hand arithmetic."""
 
 import math
 
@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from inception_jax import config as config_lib
-from inception_jax import models, optim
+from inception_jax.model import googlenet
+from inception_jax.training import optim
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
@@ -42,7 +43,7 @@ def test_weight_decay_mask_selects_kernels_only():
 
 @pytest.mark.parametrize('name', ['googlenet_tiny', 'googlenet_bn_tiny'])
 def test_weight_decay_mask_on_the_models(name):
-  model = models.create_model(name, num_classes=5)
+  model = googlenet.create_model(name, num_classes=5)
   params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
                           jnp.zeros((1, 32, 32, 3)))['params']
   decayed = jax.tree_util.tree_leaves_with_path(optim.weight_decay_mask(params))

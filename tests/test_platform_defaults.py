@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception_jax import models
-from inception_jax import ops
 from inception_jax import xla_options
+from inception_jax.model import googlenet
+from inception_jax.model import ops
 
 
 @pytest.mark.parametrize('choice, platform, expected', [
@@ -24,7 +24,7 @@ def test_unknown_kernel_set():
 
 
 def test_the_model_default_is_auto_and_follows_the_backend():
-  assert models.create_model('googlenet_tiny').ops == 'auto'
+  assert googlenet.create_model('googlenet_tiny').ops == 'auto'
   assert ops.resolve('auto') == ('fast' if jax.default_backend() == 'cpu' else 'xla')
 
 
@@ -33,12 +33,12 @@ def test_the_model_default_is_auto_and_follows_the_backend():
     ('bfloat16', 'cpu', 'bfloat16'), ('float32', 'tpu', 'float32'),
 ])
 def test_compute_dtype(choice, platform, expected):
-  assert models.resolve_dtype(choice, platform) == expected
+  assert googlenet.resolve_dtype(choice, platform) == expected
 
 
 def test_create_model_resolves_auto_dtype():
   expected = jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16
-  assert models.create_model('googlenet_tiny', dtype='auto').dtype == expected
+  assert googlenet.create_model('googlenet_tiny', dtype='auto').dtype == expected
 
 
 def test_an_option_the_compiler_refuses_is_left_out(caplog):
@@ -63,8 +63,8 @@ def test_programs_still_compile_when_the_jaxlib_lacks_an_option(monkeypatch):
                       {**xla_options.FAST_COMPILE, 'xla_no_such_option_for_this_test': 1})
   monkeypatch.setattr(xla_options, 'CPU_MODEL',
                       {**xla_options.CPU_MODEL, 'xla_no_such_option_for_this_test': 1})
-  model = models.create_model('googlenet_tiny', num_classes=3)
-  variables = models.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
+  model = googlenet.create_model('googlenet_tiny', num_classes=3)
+  variables = googlenet.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False).logits)
   images = jnp.ones((2, 32, 32, 3))
   compiled = apply.lower(variables, images).compile(

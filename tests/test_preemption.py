@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import pytest
 
-from inception_jax import checkpointing
+from inception_jax.training import checkpointing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 32

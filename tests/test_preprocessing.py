@@ -1,4 +1,4 @@
-"""Tests of inception_jax.preprocessing, each run eagerly and inside a tf.data map."""
+"""Tests of inception_jax.data.preprocessing, each run eagerly and inside a tf.data map."""
 
 import io
 import itertools
@@ -8,7 +8,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from inception_jax import preprocessing
+from inception_jax.data import preprocessing
 
 MEAN = (10.0, 20.0, 30.0)
 STD = (2.0, 4.0, 5.0)

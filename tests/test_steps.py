@@ -1,4 +1,4 @@
-"""Tests of inception_jax.train on one device: the loss, the step, evaluation, NaN guard.
+"""Tests of inception_jax.training.loop on one device: the loss, the step, evaluation, NaN guard.
 
 The GoogLeNet tests share one compiled step (module-scoped fixture). Steps are
 compiled with `xla_options.FAST_COMPILE` (XLA backend optimizations off),
@@ -20,10 +20,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from inception_jax import config as config_lib
-from inception_jax import models, optim, steps
 from inception_jax import metrics as metrics_lib
 from inception_jax import sharding as sharding_lib
 from inception_jax import xla_options
+from inception_jax.model import googlenet
+from inception_jax.training import optim, steps
 
 NUM_CLASSES = 5
 IMAGE_SHAPE = (1, 32, 32, 3)
@@ -53,7 +54,7 @@ def tiny():
   """googlenet_tiny's state (seed 0, EMA on), its compiled train and eval steps, and its
   jitted training-mode forward pass (compiled once, for the tests that redo a step's)."""
   config = _config()
-  model = models.create_model('googlenet_tiny', num_classes=NUM_CLASSES)
+  model = googlenet.create_model('googlenet_tiny', num_classes=NUM_CLASSES)
   mesh = sharding_lib.create_mesh()
   state, sharding = steps.create_train_state(config, model, IMAGE_SHAPE, mesh, 100)
   return types.SimpleNamespace(
@@ -99,9 +100,9 @@ def test_cross_entropy_by_hand():
                              [0.1 * LN(4) + 0.9 * LN(4 / 3)], rtol=1e-6)
 
 
-def _output_with_aux() -> models.ModelOutput:
+def _output_with_aux() -> googlenet.ModelOutput:
   """Label 1: main p = 3/4, aux1 p = 1/2, aux2 p = 1/4."""
-  return models.ModelOutput(logits=jnp.array([[0.0, LN(3)]]),
+  return googlenet.ModelOutput(logits=jnp.array([[0.0, LN(3)]]),
                             aux_logits=(jnp.zeros((1, 2)), jnp.array([[LN(3), 0.0]])))
 
 
@@ -120,7 +121,7 @@ def test_zero_aux_weight_or_no_aux_heads_give_the_main_loss_alone():
   loss, terms = steps.classification_loss(_output_with_aux(), jnp.array([1]), 0.0)
   assert float(loss) == float(terms['main_loss'])
   np.testing.assert_allclose(terms['aux2_loss'], LN(4), rtol=1e-6)  # still reported
-  no_aux = models.ModelOutput(logits=jnp.array([[0.0, LN(3)]]))
+  no_aux = googlenet.ModelOutput(logits=jnp.array([[0.0, LN(3)]]))
   loss, terms = steps.classification_loss(no_aux, jnp.array([1]), 0.3)
   assert set(terms) == {'loss', 'main_loss'}
   np.testing.assert_allclose(loss, LN(4 / 3), rtol=1e-6)
@@ -281,9 +282,9 @@ class _MeanLinear(nn.Module):
   num_classes: int
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool) -> models.ModelOutput:
+  def __call__(self, images: jax.Array, train: bool) -> googlenet.ModelOutput:
     del train
-    return models.ModelOutput(logits=nn.Dense(self.num_classes, name='classifier')(
+    return googlenet.ModelOutput(logits=nn.Dense(self.num_classes, name='classifier')(
         images.mean(axis=(1, 2))))
 
 

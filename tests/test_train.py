@@ -15,14 +15,14 @@ import jax
 import numpy as np
 import pytest
 
-from inception_jax.configs import default
-from inception_jax import checkpointing
 from inception_jax import config as config_lib
-from inception_jax import evaluation
-from inception_jax import finetune
-from inception_jax import metric_logging
-from inception_jax import rundir
-from inception_jax import train
+from inception_jax.configs import default
+from inception_jax.serving import evaluation
+from inception_jax.training import checkpointing
+from inception_jax.training import finetune
+from inception_jax.training import loop
+from inception_jax.training import metric_logging
+from inception_jax.training import rundir
 from helpers import make_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def trained(tmp_path_factory, digits_data_dir):
   """One uninterrupted run: (config, workdir, final eval metrics)."""
   workdir = tmp_path_factory.mktemp('run')
   config = tiny_config(digits_data_dir)
-  result = train.train_and_evaluate(config, workdir)
+  result = loop.train_and_evaluate(config, workdir)
   return config, workdir, result
 
 
@@ -291,7 +291,7 @@ def test_finished_run_only_reevaluates(trained, tmp_path, capsys):
   shutil.copytree(reference_dir, workdir)
   checkpoints = {p: p.stat().st_mtime_ns for p in (workdir / 'checkpoints').rglob('*')}
   capsys.readouterr()
-  again = train.train_and_evaluate(config, workdir)
+  again = loop.train_and_evaluate(config, workdir)
   out = capsys.readouterr().out
   assert f'resuming at step {STEPS}' in out and f'eval at step {STEPS}:' in out, out
   assert 'compiled the training step' not in out and not re.search(r'^step \d', out, re.M), out
@@ -308,7 +308,7 @@ def test_init_from_a_run_with_the_same_classes_starts_from_all_its_weights(train
   # parameters are then exactly what init_from loaded.
   tuned = tiny_config(pathlib.Path(config.data_dir), init_from=str(source_dir),
                       learning_rate=0.0, num_train_steps=2, eval_every_steps=2)
-  train.train_and_evaluate(tuned, tmp_path / 'tuned')
+  loop.train_and_evaluate(tuned, tmp_path / 'tuned')
   assert 're-initialized' not in capsys.readouterr().out  # same classes: classifiers kept
   got, source = (checkpointing.load_raw(d).state for d in (tmp_path / 'tuned', source_dir))
   jax.tree.map(np.testing.assert_array_equal, got['params'], source['params'])
@@ -319,7 +319,7 @@ def test_checkpoint_of_another_model_is_refused(trained):
   config, workdir, _ = trained
   other = tiny_config(pathlib.Path(config.data_dir), model='googlenet_tiny')
   with pytest.raises(checkpointing.CheckpointMismatchError, match='googlenet_tiny'):
-    train.train_and_evaluate(other, workdir)
+    loop.train_and_evaluate(other, workdir)
 
 
 def test_finetune_loads_backbone_and_reinitializes_classifiers(trained):

@@ -19,10 +19,10 @@ import pytest
 
 from inception_jax import cli
 from inception_jax import config as config_lib
-from inception_jax import convert
-from inception_jax import evaluation
-from inception_jax import rundir
-from inception_jax import weights
+from inception_jax.serving import convert
+from inception_jax.serving import evaluation
+from inception_jax.serving import weights
+from inception_jax.training import rundir
 from helpers import convert_cli
 from test_convert_caffe import caffe_blobs, caffemodel  # noqa: F401  pylint: disable=unused-import
 

@@ -12,7 +12,7 @@ same on one device or many.
 
 Steps and updates: `TrainState.step` counts training steps (batches). With
 `config.grad_accum_steps` = k, the optimizer applies an update every k steps (see
-`inception_jax.optim`); the EMA of the parameters follows the updates.
+`inception_jax.training.optim`); the EMA of the parameters follows the updates.
 """
 
 import functools
@@ -28,12 +28,12 @@ import optax
 
 from inception_jax import config as config_lib
 from inception_jax import metrics as metrics_lib
-from inception_jax import models
-from inception_jax import optim
 from inception_jax import sharding
 from inception_jax import xla_options
-from inception_jax.optim import Params
+from inception_jax.model import googlenet
 from inception_jax.sharding import Batch
+from inception_jax.training import optim
+from inception_jax.training.optim import Params
 
 Array = jax.Array
 Metrics = dict[str, Array]
@@ -70,7 +70,7 @@ class TrainState:
 
   def eval_variables(self) -> dict[str, Params]:
     """The variables evaluation uses: the EMA parameters when there are any."""
-    return models.model_variables(self.params, self.batch_stats, self.ema_params)
+    return googlenet.model_variables(self.params, self.batch_stats, self.ema_params)
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
@@ -155,7 +155,7 @@ def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) ->
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def classification_loss(output: models.ModelOutput, labels: Array, aux_weight: float,
+def classification_loss(output: googlenet.ModelOutput, labels: Array, aux_weight: float,
                         label_smoothing: float = 0.0) -> tuple[Array, Metrics]:
   """The GoogLeNet loss: CE(main) + aux_weight * (CE(aux1) + CE(aux2)), batch means.
 
@@ -219,9 +219,9 @@ def train_step(state: TrainState, batch: Batch, *, aux_weight: float,
 
 
 def _forward_train(state: TrainState, params: Params, images: Array,
-                   dropout_rng: Array) -> tuple[models.ModelOutput, Params]:
+                   dropout_rng: Array) -> tuple[googlenet.ModelOutput, Params]:
   """The training-mode forward pass; returns the output and the new batch_stats."""
-  variables = models.model_variables(params, state.batch_stats)
+  variables = googlenet.model_variables(params, state.batch_stats)
   rngs = {'dropout': dropout_rng}
   if 'batch_stats' not in variables:
     return state.apply_fn(variables, images, train=True, rngs=rngs), state.batch_stats

@@ -17,20 +17,20 @@ import jax
 import ml_collections
 import numpy as np
 
-from inception_jax import checkpointing
 from inception_jax import config as config_lib
-from inception_jax import distributed
-from inception_jax import finetune
 from inception_jax import host_memory
-from inception_jax import input_pipeline
-from inception_jax import metric_logging
-from inception_jax import ops
-from inception_jax import optim
 from inception_jax import paths
-from inception_jax import preemption
-from inception_jax import rundir
 from inception_jax import sharding
-from inception_jax import steps
+from inception_jax.data import pipeline
+from inception_jax.model import ops
+from inception_jax.training import checkpointing
+from inception_jax.training import distributed
+from inception_jax.training import finetune
+from inception_jax.training import metric_logging
+from inception_jax.training import optim
+from inception_jax.training import preemption
+from inception_jax.training import rundir
+from inception_jax.training import steps
 
 
 # What a resumed run must share with the checkpoints of its work directory.
@@ -97,12 +97,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
   if watch.start(manager.latest_step() or 0):
     manager.close()
     _stopped(manager.latest_step(), manager, is_main, started=False)
-  info = input_pipeline.get_dataset_info(config)
+  info = pipeline.get_dataset_info(config)
   meta = rundir.checkpoint_meta(config, info)
   resumed_fields = {k: meta[k] for k in RESUME_FIELDS}
   # Refused at start, before config.json is touched or anything compiles.
   checkpointing.check_newest_meta(manager, resumed_fields)
-  input_pipeline.check_splits(config, info, (config.train_split, config.eval_split))
+  pipeline.check_splits(config, info, (config.train_split, config.eval_split))
   mesh = sharding.create_mesh()
   model = rundir.build_model(config, info.num_classes)
   steps_per_epoch = info.split_sizes[config.train_split] // config.batch_size
@@ -135,7 +135,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
     if (manager.latest_step() or 0) < total_steps:
       compile_start = time.time()
       train_step = train_step.lower(
-          abstract_state, input_pipeline.train_batch_spec(config, mesh)).compile()
+          abstract_state, pipeline.train_batch_spec(config, mesh)).compile()
       compile_s = time.time() - compile_start
     state = pending_state.result()
   if is_main:  # the run's config, once it is known to fit the directory's checkpoints
@@ -145,7 +145,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
   writer = metric_logging.MetricWriter(workdir, enabled=is_main)
   eval_step = steps.make_eval_step(mesh, state_sharding)
   track_nonfinite = steps.make_nonfinite_tracker(mesh)
-  batches = input_pipeline.create_train_iterator(config, mesh, start_step=start_step)
+  batches = pipeline.create_train_iterator(config, mesh, start_step=start_step)
   if is_main:
     print(f'{config.model} on {info.name}: {total_steps} steps of {config.batch_size} '
           f'({steps_per_epoch} per epoch) on {jax.device_count()} {jax.default_backend()} '
@@ -156,7 +156,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
       print(f'compiled the training step in {compile_s:.1f} s', flush=True)
 
   def run_eval(step: int) -> dict[str, float]:
-    result = evaluate(eval_step, state, input_pipeline.create_eval_iterator(config, mesh))
+    result = evaluate(eval_step, state, pipeline.create_eval_iterator(config, mesh))
     writer.write(step, {f'eval_{k}': v for k, v in result.items()})
     if is_main:
       print(f"eval at step {step}: top1 {result['top1']:.4f} | top5 {result['top5']:.4f} | "

@@ -1,5 +1,5 @@
 """Data sets that ship with the package; importing this registers them with tfds."""
 
-from inception_jax.datasets.sklearn_digits import SklearnDigits
+from inception_jax.data.datasets.sklearn_digits import SklearnDigits
 
 __all__ = ['SklearnDigits']

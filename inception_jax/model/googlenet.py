@@ -35,9 +35,9 @@ import jax
 import jax.numpy as jnp
 
 from inception_jax import config as config_lib
-from inception_jax import layers
-from inception_jax import ops as ops_lib
 from inception_jax import xla_options
+from inception_jax.model import layers
+from inception_jax.model import ops as ops_lib
 
 Array = jax.Array
 
@@ -186,7 +186,7 @@ class GoogLeNet(nn.Module):
       for tests). The pools before 4a and 5a stay; an aux head follows 4a and 4d when built.
     dtype: compute dtype; parameters are always float32, logits float32.
     init_scheme: 'caffe', 'he' or 'torchvision' (see the module docstring).
-    ops: 'xla' (XLA's convolutions and pools, flax's BatchNorm), 'fast' (`inception_jax.ops`:
+    ops: 'xla' (XLA's convolutions and pools, flax's BatchNorm), 'fast' (`inception_jax.model.ops`:
       the same results from faster formulations; same parameters) or 'auto' (the
       platform's choice, `ops.resolve`).
   """

@@ -10,22 +10,22 @@ from typing import Any
 from etils import epath
 import ml_collections
 
-from inception_jax import checkpointing
 from inception_jax import config as config_lib
-from inception_jax import input_pipeline
-from inception_jax import models
 from inception_jax import paths
+from inception_jax.data import pipeline
+from inception_jax.model import googlenet
+from inception_jax.training import checkpointing
 
 CONFIG_FILE = 'config.json'
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.GoogLeNet:
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> googlenet.GoogLeNet:
   """The model the config names, for `num_classes` classes."""
-  return models.create_model(config.model, num_classes=num_classes, dtype=config.dtype,
+  return googlenet.create_model(config.model, num_classes=num_classes, dtype=config.dtype,
                              **config.model_options.to_dict())
 
 
-def checkpoint_meta(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo
+def checkpoint_meta(config: ml_collections.ConfigDict, info: pipeline.DatasetInfo
                     ) -> dict[str, Any]:
   """What a checkpoint records about the model that wrote it."""
   return {'model': config.model, 'model_options': config.model_options.to_dict(),

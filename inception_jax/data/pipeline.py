@@ -48,9 +48,9 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.datasets.siscore import labels as imagenet_labels
 
 from inception_jax import config as config_lib
-from inception_jax import datasets  # registers the embedded data sets with tfds
-from inception_jax import preprocessing
 from inception_jax import sharding
+from inception_jax.data import datasets  # registers the embedded data sets with tfds
+from inception_jax.data import preprocessing
 from inception_jax.sharding import Batch
 
 IMAGE_FOLDER = 'image_folder'

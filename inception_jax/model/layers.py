@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inception_jax import ops as ops_lib
+from inception_jax.model import ops as ops_lib
 
 Array = jax.Array
 

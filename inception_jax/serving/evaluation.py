@@ -16,16 +16,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from inception_jax import checkpointing
 from inception_jax import config as config_lib
-from inception_jax import input_pipeline
-from inception_jax import metric_logging
 from inception_jax import metrics
-from inception_jax import models
-from inception_jax import preprocessing
-from inception_jax import rundir
 from inception_jax import sharding
 from inception_jax import xla_options
+from inception_jax.data import pipeline
+from inception_jax.data import preprocessing
+from inception_jax.model import googlenet
+from inception_jax.training import checkpointing
+from inception_jax.training import metric_logging
+from inception_jax.training import rundir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class LoadedModel:
   """A model rebuilt from a checkpoint, ready for inference."""
   path: str
   step: int
-  model: models.GoogLeNet
+  model: googlenet.GoogLeNet
   variables: Any
   config: ml_collections.ConfigDict
   meta: dict[str, Any]
@@ -46,7 +46,7 @@ def load_model(path: str | pathlib.Path, config: ml_collections.ConfigDict) -> L
   """
   restored = checkpointing.load_raw(path)
   state = restored.state
-  variables = models.model_variables(state['params'], state.get('batch_stats'),
+  variables = googlenet.model_variables(state['params'], state.get('batch_stats'),
                                      state.get('ema_params'))
   model = rundir.build_model(config, restored.meta['num_classes'])
   return LoadedModel(path=str(path), step=restored.step, model=model, variables=variables,
@@ -68,7 +68,7 @@ def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops:
                     compiler_options=xla_options.for_model(jax.default_backend()))
   probs, labels = [], []
   progress = metric_logging.Progress(f'evaluating {loaded.path}', total) if total else None
-  for batch in input_pipeline.create_eval_iterator(config, mesh, crops=crops):
+  for batch in pipeline.create_eval_iterator(config, mesh, crops=crops):
     keep = np.asarray(jax.device_get(batch['mask'])) > 0
     probs.append(np.asarray(jax.device_get(forward(variables, batch['image'])))[keep])
     labels.append(np.asarray(jax.device_get(batch['label']))[keep])
@@ -92,8 +92,8 @@ def evaluate_paths(paths: Sequence[str], crops: int,
         raise config_lib.UserError(
             f'ensemble members disagree on {field}: {loaded[0].path} has '
             f'{data_config[field]!r}, {other.path} has {other.config[field]!r}.')
-  info = input_pipeline.get_dataset_info(data_config)
-  input_pipeline.check_splits(data_config, info, (data_config.eval_split,))
+  info = pipeline.get_dataset_info(data_config)
+  pipeline.check_splits(data_config, info, (data_config.eval_split,))
   for member in loaded:
     if member.meta['num_classes'] != info.num_classes:
       raise config_lib.UserError(

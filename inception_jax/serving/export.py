@@ -35,10 +35,10 @@ import numpy as np
 import tensorflow as tf
 
 from inception_jax import config as config_lib
-from inception_jax import evaluation
 from inception_jax import paths
-from inception_jax import preprocessing
-from inception_jax import rundir
+from inception_jax.data import preprocessing
+from inception_jax.serving import evaluation
+from inception_jax.training import rundir
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 INPUT_KINDS = {'uint8': jnp.uint8, 'float': jnp.float32}

@@ -23,14 +23,14 @@ import numpy as np
 import tensorflow as tf
 
 from inception_jax import config as config_lib
-from inception_jax import evaluation
-from inception_jax import input_pipeline
-from inception_jax import metric_logging
 from inception_jax import metrics
 from inception_jax import paths
-from inception_jax import preprocessing
-from inception_jax import rundir
 from inception_jax import xla_options
+from inception_jax.data import pipeline
+from inception_jax.data import preprocessing
+from inception_jax.serving import evaluation
+from inception_jax.training import metric_logging
+from inception_jax.training import rundir
 
 DEFAULT_BUCKETS = (1, 8, 32, 128)
 
@@ -107,7 +107,7 @@ class Predictor:
     preprocessing.warn_if_mirrors_unseen(crops, config.random_flip)
     self.class_names = tuple(self.loaded.meta['class_names'])
     self.buckets = tuple(sorted(set(buckets)))
-    self.preprocess = input_pipeline.eval_preprocess(config, crops)
+    self.preprocess = pipeline.eval_preprocess(config, crops)
     apply_fn = self.loaded.model.apply
     self._jitted = jax.jit(
         lambda variables, images: jnp.exp(metrics.log_probs(apply_fn, variables, images)),

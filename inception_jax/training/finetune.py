@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from inception_jax import checkpointing
 from inception_jax import config as config_lib
-from inception_jax import models
+from inception_jax.model import googlenet
+from inception_jax.training import checkpointing
 
 CLASSIFIER_PATTERN = r'^(aux\d+/)?classifier/'
 
@@ -29,7 +29,7 @@ def merge_pretrained(fresh: Any, pretrained: Any,
   Raises ValueError naming every other leaf that is missing or has another shape.
   """
   allowed = re.compile('|'.join(p for p in (CLASSIFIER_PATTERN, reinit_pattern) if p))
-  fresh_flat, pretrained_flat = models.named_leaves(fresh), models.named_leaves(pretrained)
+  fresh_flat, pretrained_flat = googlenet.named_leaves(fresh), googlenet.named_leaves(pretrained)
   merged, kept_fresh, refused = {}, [], []
   for path, value in fresh_flat.items():
     source = pretrained_flat.get(path)
@@ -47,7 +47,7 @@ def merge_pretrained(fresh: Any, pretrained: Any,
         'the checkpoint does not fit this model outside the classifiers:\n  '
         + '\n  '.join(refused) + '\nAllow fresh values for such layers with '
         "--config.init_from_reinit='<regex of paths>'.")
-  return models.from_named_leaves(merged), kept_fresh
+  return googlenet.from_named_leaves(merged), kept_fresh
 
 
 def init_from_checkpoint(state: Any, path: str, config: ml_collections.ConfigDict) -> Any:
@@ -70,5 +70,5 @@ def init_from_checkpoint(state: Any, path: str, config: ml_collections.ConfigDic
 def classifier_mask(params: Any) -> Any:
   """True for the classifier layers only: the trainable mask of a frozen backbone."""
   pattern = re.compile(CLASSIFIER_PATTERN)
-  return models.from_named_leaves(
-      {path: bool(pattern.search(path)) for path in models.named_leaves(params)})
+  return googlenet.from_named_leaves(
+      {path: bool(pattern.search(path)) for path in googlenet.named_leaves(params)})

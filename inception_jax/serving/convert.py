@@ -41,21 +41,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from inception_jax import caffe_pb2
-from inception_jax import checkpointing
 from inception_jax import config as config_lib
-from inception_jax import input_pipeline
-from inception_jax import models
 from inception_jax import paths
-from inception_jax import rundir
-from inception_jax import weights
+from inception_jax.data import pipeline
+from inception_jax.model import googlenet
+from inception_jax.serving import caffe_pb2
+from inception_jax.serving import weights
+from inception_jax.training import checkpointing
+from inception_jax.training import rundir
 
 Variables = dict[str, Any]
 
 TORCHVISION_TRANSFORMED_MEAN_STD = ((127.5,) * 3, (127.5,) * 3)
 TORCHVISION_IMAGENET_MEAN_STD = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
 CAFFE_MEAN_STD = ((123.0, 117.0, 104.0), (1.0, 1.0, 1.0))
-_BLOCKS = tuple(models.INCEPTION_WIDTHS)
+_BLOCKS = tuple(googlenet.INCEPTION_WIDTHS)
 _BRANCHES = ('1x1', '3x3_reduce', '3x3', '5x5_reduce', '5x5', 'pool_proj')
 _TORCHVISION_BRANCHES = dict(zip(
     ('branch1', 'branch2.0', 'branch2.1', 'branch3.0', 'branch3.1', 'branch4.1'), _BRANCHES))
@@ -137,7 +137,7 @@ def convert_torchvision(state_dict: Mapping[str, Any]) -> Variables:
       flattened = weight[f'{prefix.removesuffix(".fc1")}.conv.conv.weight'].shape[0]
     params[f'{path}/kernel'] = _dense_kernel(weight[f'{prefix}.weight'], flattened)
     params[f'{path}/bias'] = weight[f'{prefix}.bias']
-  return {'params': models.from_named_leaves(params), 'batch_stats': models.from_named_leaves(stats)}
+  return {'params': googlenet.from_named_leaves(params), 'batch_stats': googlenet.from_named_leaves(stats)}
 
 
 def torchvision_mean_std(transform_input: bool
@@ -235,7 +235,7 @@ def convert_caffe(caffemodel: bytes) -> Variables:
       flattened = blobs[name.replace('/fc', '/conv')][0].shape[0]
     params[f'{path}/kernel'] = _dense_kernel(weight, flattened)
     params[f'{path}/bias'] = bias
-  return {'params': models.from_named_leaves(params)}
+  return {'params': googlenet.from_named_leaves(params)}
 
 
 def imagenet_class_names(num_classes: int) -> tuple[str, ...]:
@@ -243,16 +243,16 @@ def imagenet_class_names(num_classes: int) -> tuple[str, ...]:
 
   From the lists that ship with tfds; '0'..'N-1' for another number of classes.
   """
-  names = tuple(input_pipeline.synset_names().values())
+  names = tuple(pipeline.synset_names().values())
   return names if num_classes == len(names) else tuple(str(i) for i in range(num_classes))
 
 
-def check_fits(model: models.GoogLeNet, variables: Variables, image_size: int) -> None:
+def check_fits(model: googlenet.GoogLeNet, variables: Variables, image_size: int) -> None:
   """Raises ValueError listing every array that `model` lacks, misses or shapes otherwise."""
   expected = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)), train=False))
-  want = {k: v.shape for k, v in models.named_leaves(expected).items()}
-  got = {k: np.shape(v) for k, v in models.named_leaves(variables).items()}
+  want = {k: v.shape for k, v in googlenet.named_leaves(expected).items()}
+  got = {k: np.shape(v) for k, v in googlenet.named_leaves(variables).items()}
   problems = [f'{k}: missing' for k in sorted(set(want) - set(got))]
   problems += [f'{k}: not in the model' for k in sorted(set(got) - set(want))]
   problems += [f'{k}: model {want[k]}, converted {got[k]}'
@@ -275,7 +275,7 @@ def write_run(directory: paths.PathLike, config: ml_collections.ConfigDict,
   check_fits(rundir.build_model(config, len(class_names)), variables, config.image_size)
   directory.mkdir(parents=True, exist_ok=True)
   rundir.save_config(config, directory)
-  info = input_pipeline.DatasetInfo(name=config.dataset, num_classes=len(class_names),
+  info = pipeline.DatasetInfo(name=config.dataset, num_classes=len(class_names),
                                     class_names=tuple(class_names), split_sizes={})
   state = {k: v for k, v in variables.items() if v}
   manager = checkpointing.create_manager(directory / 'checkpoints')

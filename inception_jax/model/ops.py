@@ -51,7 +51,7 @@ def resolve(ops: str, platform: str | None = None) -> str:
     return 'fast' if (platform or jax.default_backend()) == 'cpu' else 'xla'
   if ops not in OPS:
     raise ValueError(f"unknown ops {ops!r}: use 'auto' (the platform's default), 'xla' "
-                     "(XLA's own kernels) or 'fast' (inception_jax.ops).")
+                     "(XLA's own kernels) or 'fast' (inception_jax.model.ops).")
   return ops
 
 

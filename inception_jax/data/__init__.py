@@ -1,0 +1,1 @@
+"""Images in, sharded global batches out: tfds data sets, image folders, preprocessing."""

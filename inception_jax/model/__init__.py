@@ -1,0 +1,1 @@
+"""The network: kernels, layers, GoogLeNet and its Table 1. Imports only the root's shared modules."""

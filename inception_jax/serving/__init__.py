@@ -1,0 +1,1 @@
+"""What is done with a trained run: evaluation, prediction, export and converted weights."""
