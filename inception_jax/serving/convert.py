@@ -44,6 +44,7 @@ import numpy as np
 from inception_jax import config as config_lib
 from inception_jax import paths
 from inception_jax.data import pipeline
+from inception_jax.data import tfds_source
 from inception_jax.model import googlenet
 from inception_jax.serving import caffe_pb2
 from inception_jax.serving import weights
@@ -243,7 +244,7 @@ def imagenet_class_names(num_classes: int) -> tuple[str, ...]:
 
   From the lists that ship with tfds; '0'..'N-1' for another number of classes.
   """
-  names = tuple(pipeline.synset_names().values())
+  names = tuple(tfds_source.synset_names().values())
   return names if num_classes == len(names) else tuple(str(i) for i in range(num_classes))
 
 
