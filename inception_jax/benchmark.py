@@ -260,7 +260,7 @@ def time_interleaved(runners: Sequence[Runner], repeats: int, warmup: int,
   that hand idle freed memory back to the host (virtio-balloon free page
   reporting), XLA's temporaries, freed at the end of each step, are faulted back
   in from the host, which slows the step that follows an idle pause (measurements:
-  docs/performance.md).
+  experiments/results/cpu_speed.md).
   """
   for runner in runners:
     for _ in range(warmup):

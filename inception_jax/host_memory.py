@@ -41,7 +41,7 @@ def environment_with_huge_pages(
   each step; glibc maps it with mmap and the kernel faults it in 4 KiB at a time,
   which costs a noticeable share of the step. With the tunable (glibc >= 2.35)
   malloc madvises its mappings for transparent huge pages, which need far fewer
-  faults (measurements: docs/performance.md). It only matters in the
+  faults (measurements: experiments/results/cpu_tuning.md). It only matters in the
   kernel's 'madvise' mode ('always' already gives huge pages, 'never' refuses
   them). A `glibc.malloc.hugetlb` value already in GLIBC_TUNABLES wins (set it
   to 0 to opt out).

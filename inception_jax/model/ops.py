@@ -25,7 +25,7 @@ rounding) and runs unchanged on every backend; only the formulation differs:
     input and the output gradient, where autodiff of the two layers makes
     several.
 
-Measurements of each: docs/performance.md.
+Measurements of each: experiments/results/cpu_tuning.md.
 """
 
 import functools

@@ -199,7 +199,7 @@ def global_norms(*trees: Params) -> tuple[jax.Array, ...]:
   XLA's tree-reduction rewrite into reduce-window + reduce, ...), which makes the
   update faster. Summing each leaf's last axis first keeps the rounding error as
   small as optax's, where a single sequential sum per leaf is far less accurate.
-  Measurements: docs/performance.md.
+  Measurements: experiments/results/cpu_tuning.md.
   """
   structure = jax.tree.structure(trees[0])
   for tree in trees[1:]:
