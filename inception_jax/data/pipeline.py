@@ -47,7 +47,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.datasets.siscore import labels as imagenet_labels
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import sharding
 from inception_jax.data import datasets  # registers the embedded data sets with tfds
 from inception_jax.data import preprocessing
@@ -58,14 +58,6 @@ BUILT_ON_FIRST_USE = (datasets.SklearnDigits.name,)
 _EPOCH_STREAM = 0  # seed stream of the per-epoch shuffles
 _AUGMENT_STREAM = 1  # seed stream of the per-example augmentations
 _JPEG_CHECK_RATIO = 8
-
-
-class DatasetNotPreparedError(config_lib.UserError):
-  """A tfds data set is not prepared and this pipeline will not download it."""
-
-
-class BadImageError(config_lib.UserError):
-  """Image files that cannot be decoded, found with `on_bad_image='fail'`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +106,7 @@ def check_splits(config: ml_collections.ConfigDict, info: DatasetInfo,
   for split in splits:
     if info.split_sizes[split] < 1:
       where = config.image_folder if config.dataset == IMAGE_FOLDER else config.dataset
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f"split '{split}' of {where} has no examples; point the config at a split "
           '(config.train_split / config.eval_split) that holds some.')
     if config.dataset == IMAGE_FOLDER:
@@ -170,7 +162,7 @@ def make_train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0
   local_batch = _local_batch_size(config.batch_size, process_count, 'batch_size')
   share = _share(config, config.train_split, process_index, process_count)
   if share.num_examples == 0:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'Process {process_index} of {process_count} has no examples of '
         f"split '{config.train_split}' of '{config.dataset}'.")
   first_example = start_step * local_batch
@@ -332,7 +324,7 @@ def _tfds_split_size(builder: tfds.core.DatasetBuilder, split) -> int:
   try:
     return builder.info.splits[split].num_examples
   except (KeyError, ValueError) as error:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"Split '{split}' is not in '{builder.name}' (splits: "
         f"{', '.join(builder.info.splits)}); set config.train_split / "
         'config.eval_split to one of them or a tfds slice of one.') from error
@@ -350,14 +342,14 @@ def _prepared_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBui
   manual_dir = config.manual_dir or os.path.join(builder.data_dir_root, 'downloads',
                                                  'manual')
   if not _can_prepare_manually(builder, manual_dir):
-    raise DatasetNotPreparedError(_preparation_message(builder, manual_dir))
+    raise errors.DatasetNotPreparedError(_preparation_message(builder, manual_dir))
   logging.warning("Preparing '%s' from %s into %s; this runs once and can take hours.",
                   builder.name, manual_dir, builder.data_dir)
   try:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=manual_dir, try_download_gcs=False))
   except (AssertionError, OSError, tf.errors.OpError) as error:  # e.g. missing files
-    raise DatasetNotPreparedError(
+    raise errors.DatasetNotPreparedError(
         f"Preparing '{builder.name}' from {manual_dir} failed ({error!r}).\n"
         + _preparation_message(builder, manual_dir)) from error
   return builder
@@ -424,7 +416,7 @@ def _image_key(builder: tfds.core.DatasetBuilder) -> str:
   """The name of the image feature of an image-classification data set."""
   key = _supervised_keys(builder)[0]
   if not isinstance(builder.info.features[key], tfds.features.Image):
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"Feature '{key}' of '{builder.name}' is not a tfds Image; this "
         'pipeline reads encoded images only.')
   return key
@@ -434,7 +426,7 @@ def _label_key(builder: tfds.core.DatasetBuilder) -> str:
   """The name of the ClassLabel feature of an image-classification data set."""
   key = _supervised_keys(builder)[1]
   if not isinstance(builder.info.features[key], tfds.features.ClassLabel):
-    raise config_lib.ConfigError(f"Feature '{key}' of '{builder.name}' is not a ClassLabel.")
+    raise errors.ConfigError(f"Feature '{key}' of '{builder.name}' is not a ClassLabel.")
   return key
 
 
@@ -442,7 +434,7 @@ def _supervised_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
   """The (input, target) feature names of a supervised tfds data set."""
   keys = builder.info.supervised_keys
   if not keys or len(keys) != 2 or not all(isinstance(key, str) for key in keys):
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"'{builder.name}' has no (image, label) supervised_keys; choose "
         'an image-classification data set.')
   return keys
@@ -466,7 +458,7 @@ def _readable_class_names(names: Sequence[str]) -> tuple[str, ...]:
 def _folder_root(config: ml_collections.ConfigDict) -> str:
   """`config.image_folder`, checked to be a folder."""
   if not os.path.isdir(config.image_folder):
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"config.image_folder='{config.image_folder}' is not a folder; with "
         "dataset='image_folder' it must hold <split>/<class>/<image> files.")
   return config.image_folder
@@ -490,7 +482,7 @@ def _list_folder_split(root: str, split: str) -> tuple[tuple[str, ...], tuple[in
   """The sorted image files of a split and their labels."""
   split_dir = os.path.join(root, split)
   if not os.path.isdir(split_dir):
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"Image folder {root} has no split '{split}' (splits: "
         f"{', '.join(_folder_splits(root))}); set config.train_split / "
         'config.eval_split to one of them.')
@@ -513,15 +505,15 @@ def _folder_share(root: str, split: str, process_index: int, process_count: int,
   Cached: each process checks its files once per split and run.
   """
   if on_bad_image not in ('skip', 'fail'):
-    raise config_lib.ConfigError(f"on_bad_image='{on_bad_image}'; use 'skip' or 'fail'.")
+    raise errors.ConfigError(f"on_bad_image='{on_bad_image}'; use 'skip' or 'fail'.")
   paths, labels = _list_folder_split(root, split)
   paths = paths[process_index::process_count]
   labels = labels[process_index::process_count]
   bad = find_bad_images(paths)
   if bad and on_bad_image == 'fail':
     listing = '\n'.join(f'  {path}: {reason}' for path, reason in sorted(bad.items()))
-    raise BadImageError(f'{len(bad)} bad image file(s) in split \'{split}\' of {root}:\n'
-                        f"{listing}\nRemove or fix them, or set on_bad_image='skip'.")
+    raise errors.BadImageError(f'{len(bad)} bad image file(s) in split \'{split}\' of {root}:\n'
+                               f"{listing}\nRemove or fix them, or set on_bad_image='skip'.")
   for path, reason in sorted(bad.items()):
     logging.warning('Skipping bad image %s: %s.', path, reason)
   if bad:
@@ -571,14 +563,14 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
   if process_index is None:
     process_index = jax.process_index()
   if not 0 <= process_index < process_count:
-    raise config_lib.ConfigError(f'process_index={process_index} is not in [0, {process_count}).')
+    raise errors.ConfigError(f'process_index={process_index} is not in [0, {process_count}).')
   return process_index, process_count
 
 
 def _local_batch_size(batch_size: int, process_count: int, field: str) -> int:
   """This process's part of a global batch."""
   if batch_size % process_count:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'config.{field}={batch_size} is not divisible by the '
         f'{process_count} processes; use a multiple of {process_count}.')
   return batch_size // process_count
