@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import host_memory, sharding, xla_options
 from inception_jax.model import googlenet, summary
 from inception_jax.model import ops as ops_lib
@@ -188,8 +189,8 @@ def _import_torch() -> tuple[Any, Any]:
     import torch  # pylint: disable=import-outside-toplevel
     import torchvision  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise config_lib.UserError(f'--compare torchvision needs torch and torchvision ({e}); '
-                               f'install them with: {TORCH_INSTALL}') from e
+    raise errors.UserError(f'--compare torchvision needs torch and torchvision ({e}); '
+                           f'install them with: {TORCH_INSTALL}') from e
   return torch, torchvision
 
 
@@ -204,7 +205,7 @@ def torch_device(platform: str, cuda_available: bool) -> str:
     return 'cpu'
   if platform == 'gpu' and cuda_available:
     return 'cuda'
-  raise config_lib.UserError(
+  raise errors.UserError(
       f'--compare torchvision runs torch on the device JAX uses ({platform}), and torch '
       'cannot use it here: install a CUDA build of torch beside a GPU, or run the '
       'comparison without --compare on this platform.')

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import inception_jax
 from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import host_memory
 from inception_jax.training import preemption
 
@@ -312,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     pipeline.hide_gpus_from_tensorflow()
   try:
     args.run(args)
-  except config_lib.UserError as e:  # bad input: the message says what to do
+  except errors.UserError as e:  # bad input: the message says what to do
     raise SystemExit(f'error: {e}') from None
   finally:
     if watch is not None and whole_process:

@@ -18,24 +18,10 @@ import ml_collections
 from ml_collections import config_flags
 from ml_collections.config_dict import placeholder
 
+from inception_jax import errors
+
 CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'  # the shipped configs, by name
 CROPS = (1, 10, 144)  # crops per image at evaluation: centre; corners, centre, mirrors; Table 3's 144
-
-
-class UserError(ValueError):
-  """A problem the user can fix: its message names the cause and the fix.
-
-  The command line prints it alone, without a traceback; every module's errors
-  about bad input (configs, data, run directories) derive from it.
-  """
-
-
-class NotFoundError(UserError, FileNotFoundError):
-  """A file or folder the command needs (a config, a run's files) is missing."""
-
-
-class ConfigError(UserError):
-  """A config that cannot run: a missing file, an unknown field, a bad or unfitting value."""
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -143,13 +129,13 @@ def load(source: str | pathlib.Path | ml_collections.ConfigDict,
                                     lock_config=True, sys_argv=argv)
     unparsed = flag_values(argv)
   except AttributeError as e:
-    raise ConfigError(f'{_unknown_field(e)} in {list(overrides)}; the fields are listed in '
-                      'inception_jax/config.py.') from e
+    raise errors.ConfigError(f'{_unknown_field(e)} in {list(overrides)}; the fields are listed in '
+                             'inception_jax/config.py.') from e
   except (flags.Error, KeyError, ValueError, TypeError) as e:
-    raise ConfigError(f'bad config override in {list(overrides)}: {e}') from e
+    raise errors.ConfigError(f'bad config override in {list(overrides)}: {e}') from e
   if unparsed[1:]:
-    raise ConfigError(f'unrecognized arguments {unparsed[1:]}: config fields are set as '
-                      '--config.<field>=<value>.')
+    raise errors.ConfigError(f'unrecognized arguments {unparsed[1:]}: config fields are set as '
+                             '--config.<field>=<value>.')
   return flag_values.config
 
 
@@ -164,16 +150,17 @@ def config_path(source: str | pathlib.Path) -> pathlib.Path:
   if text in shipped_configs():
     return CONFIGS / f'{text}.py'
   if not text.endswith('.py') and '/' not in text:
-    raise NotFoundError(f'no shipped config named {text!r}: use one of '
-                        f'{", ".join(shipped_configs())} or the path of a get_config() file.')
+    raise errors.NotFoundError(
+        f'no shipped config named {text!r}: use one of {", ".join(shipped_configs())} or '
+        'the path of a get_config() file.')
   return pathlib.Path(source)
 
 
 def _from_file(path: pathlib.Path) -> ml_collections.ConfigDict:
   """The ConfigDict a `get_config()` file returns; a misspelt field names the file."""
   if not path.is_file():
-    raise NotFoundError(f'config file {path} not found; the shipped configs are '
-                        f'{", ".join(shipped_configs())}.')
+    raise errors.NotFoundError(f'config file {path} not found; the shipped configs are '
+                               f'{", ".join(shipped_configs())}.')
   spec = importlib.util.spec_from_file_location(f'_config_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
   try:
@@ -183,11 +170,11 @@ def _from_file(path: pathlib.Path) -> ml_collections.ConfigDict:
     lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__)
              if pathlib.Path(frame.filename) == path]
     where = f'{path}, line {lines[-1]}' if lines else str(path)
-    raise ConfigError(f'{where}: {_unknown_field(e)}; the fields are listed in '
-                      'inception_jax/config.py.') from e
+    raise errors.ConfigError(f'{where}: {_unknown_field(e)}; the fields are listed in '
+                             'inception_jax/config.py.') from e
   if not isinstance(config, ml_collections.ConfigDict):
-    raise ConfigError(f'{path}: get_config() returned {type(config).__name__}, not a '
-                      'ml_collections.ConfigDict.')
+    raise errors.ConfigError(f'{path}: get_config() returned {type(config).__name__}, not a '
+                             'ml_collections.ConfigDict.')
   return config
 
 

@@ -12,7 +12,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 
 DATA_AXIS = 'data'
 
@@ -39,7 +39,7 @@ def check_batch_divisible(batch_size: int, mesh: Mesh, field: str = 'batch_size'
   """Raises ValueError unless the global batch splits evenly over the mesh's devices."""
   devices = mesh.devices.size
   if batch_size % devices:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'config.{field}={batch_size} is not divisible by the {devices} devices; set '
         f'{field} to a multiple of {devices} (e.g. {math.ceil(batch_size / devices) * devices})'
         ' or run on a number of devices that divides it.')

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from inception_jax import benchmark, cli, host_memory
-from inception_jax import config as config_lib
+from inception_jax import errors
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLI_CASE = benchmark.Case('googlenet_bn', 'infer', 1, 64, 'float32')  # the probe's too
@@ -135,14 +135,14 @@ def test_torch_runs_on_the_device_jax_uses():
   assert benchmark.torch_device('cpu', cuda_available=True) == 'cpu'
   assert benchmark.torch_device('gpu', cuda_available=True) == 'cuda'
   for platform, cuda in [('gpu', False), ('tpu', False), ('tpu', True)]:
-    with pytest.raises(config_lib.UserError,
+    with pytest.raises(errors.UserError,
                        match=rf'runs torch on the device JAX uses \({platform}\)'):
       benchmark.torch_device(platform, cuda)
 
 
 def test_comparison_without_torchvision_names_what_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, 'torchvision', None)  # an import of it raises ImportError
-  with pytest.raises(config_lib.UserError,
+  with pytest.raises(errors.UserError,
                      match=r'--compare torchvision needs torch and torchvision .*install them '
                      r'with: pip install -r requirements-test.txt'):
     benchmark._import_torch()  # pylint: disable=protected-access

@@ -22,6 +22,7 @@ from helpers import make_run
 from test_train import overrides
 from inception_jax import cli
 from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax.training import checkpointing
 from inception_jax.training import metric_logging
 
@@ -252,7 +253,7 @@ def test_space_separated_override_parses_like_the_equals_form():
   spaced = config_lib.load(DEFAULT, ['--config.batch_size', '128',
                                      '--config.model_options.width', '0.25'])
   assert spaced.batch_size == 128 and spaced.model_options.width == 0.25
-  with pytest.raises(config_lib.ConfigError, match=r"unrecognized arguments \['extra'\]"):
+  with pytest.raises(errors.ConfigError, match=r"unrecognized arguments \['extra'\]"):
     config_lib.load(DEFAULT, ['--config.batch_size', '128', 'extra'])
 
 

@@ -15,6 +15,7 @@ import ml_collections
 import pytest
 
 from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax.training import distributed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -127,7 +128,7 @@ def test_the_decision_is_jax_detection(clean_env):
 def test_off_and_on_override_detection(clean_env):
   assert not distributed.is_multiprocess(_config(distributed='off', num_processes=2))
   assert distributed.is_multiprocess(_config(distributed='on'))
-  with pytest.raises(config_lib.ConfigError, match="use 'auto', 'on' or 'off'"):
+  with pytest.raises(errors.ConfigError, match="use 'auto', 'on' or 'off'"):
     distributed.is_multiprocess(_config(distributed='maybe'))
 
 
@@ -140,13 +141,14 @@ def _free_port() -> int:
 _START = '''
 import json, sys
 from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax.training import distributed
 config = config_lib.get_base_config()
 config.distributed = sys.argv[1]
 config.distributed_timeout_seconds = 60
 try:
   distributed.initialize(config)
-except config_lib.ConfigError as e:
+except errors.ConfigError as e:
   print(json.dumps({'error': str(e)})); sys.exit(0)
 import jax
 print(json.dumps({'process_count': jax.process_count(), 'process_index': jax.process_index()}))

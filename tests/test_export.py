@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from inception_jax import cli
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax.configs import default
 from inception_jax.serving import convert
 from inception_jax.serving import evaluation
@@ -149,7 +149,7 @@ def test_saved_model_gives_in_process_logits(run_dir, images, expected_logits, t
                             '--saved-model', str(directory)])
   try:
     args.run(args)
-  except config_lib.UserError as e:
+  except errors.UserError as e:
     # Only where jax writes StableHLO newer than TensorFlow reads (jax >= 0.11 with
     # TensorFlow 2.21): refused, and nothing left that would fail where it is served.
     assert tuple(int(p) for p in jax.__version__.split('.')[:2]) >= (0, 11), e

@@ -19,7 +19,8 @@ from sklearn import datasets as sklearn_datasets
 import tensorflow_datasets as tfds
 
 from inception_jax import config as config_lib
-from inception_jax.data import image_folder, pipeline, tfds_source
+from inception_jax import errors
+from inception_jax.data import image_folder, pipeline
 from inception_jax.data.datasets import sklearn_digits
 
 IMAGE_SIZE = 16
@@ -258,7 +259,7 @@ def test_bad_images_are_skipped_and_logged_by_name(bad_folder, caplog):
 def test_bad_images_fail_at_start_naming_the_files(bad_folder):
   root, corrupt, empty = bad_folder
   config = _config(dataset='image_folder', image_folder=root, on_bad_image='fail')
-  with pytest.raises(image_folder.BadImageError) as error:
+  with pytest.raises(errors.BadImageError) as error:
     pipeline.make_train_dataset(config)
   assert corrupt in str(error.value) and empty in str(error.value)
 
@@ -271,7 +272,7 @@ def test_unprepared_dataset_fails_fast_with_instructions(tmp_path, name, expecte
   config = _config(dataset=name, data_dir=str(tmp_path))
   start = time.monotonic()
   for make in (pipeline.get_dataset_info, pipeline.make_train_dataset):
-    with pytest.raises(tfds_source.DatasetNotPreparedError, match=expected):
+    with pytest.raises(errors.DatasetNotPreparedError, match=expected):
       make(config)
   assert time.monotonic() - start < 5
 
@@ -283,7 +284,7 @@ def test_manual_dataset_without_its_files_fails_fast(tmp_path):
   config = _config(dataset='imagenet2012', data_dir=str(tmp_path / 'tfds'),
                    manual_dir=str(manual_dir))
   start = time.monotonic()
-  with pytest.raises(tfds_source.DatasetNotPreparedError,
+  with pytest.raises(errors.DatasetNotPreparedError,
                      match=f"Preparing 'imagenet2012' from {manual_dir} failed"):
     pipeline.get_dataset_info(config)
   assert time.monotonic() - start < 5

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import metrics as metrics_lib
 from inception_jax import sharding as sharding_lib
 from inception_jax import xla_options
@@ -222,7 +223,7 @@ def test_nan_input_stops_with_a_clear_error(tiny):
   batch['image'] = batch['image'].at[3, 5, 5, 0].set(jnp.nan)
   _, metrics = tiny.step(_copy(tiny.state), batch)
   record = jax.device_get(steps.track_nonfinite(None, metrics, 1))
-  with pytest.raises(steps.NonFiniteError, match=r'^step 1: loss is nan; aux1_loss is nan; '):
+  with pytest.raises(errors.NonFiniteError, match=r'^step 1: loss is nan; aux1_loss is nan; '):
     steps.check_finite(record)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax.configs import default
 from inception_jax.serving import evaluation
 from inception_jax.training import checkpointing
@@ -148,7 +149,7 @@ def test_ensemble_averages_the_members_probabilities(trained, tmp_path):
 def test_ensemble_members_on_other_data_are_refused(trained, tmp_path):
   config, workdir, _ = trained
   other_config = tiny_config(pathlib.Path(config.data_dir), image_size=48)
-  with pytest.raises(config_lib.UserError, match='ensemble members disagree on image_size'):
+  with pytest.raises(errors.UserError, match='ensemble members disagree on image_size'):
     evaluation.evaluate_paths([str(workdir), str(workdir)], 1, [config, other_config])
 
 
@@ -318,7 +319,7 @@ def test_init_from_a_run_with_the_same_classes_starts_from_all_its_weights(train
 def test_checkpoint_of_another_model_is_refused(trained):
   config, workdir, _ = trained
   other = tiny_config(pathlib.Path(config.data_dir), model='googlenet_tiny')
-  with pytest.raises(checkpointing.CheckpointMismatchError, match='googlenet_tiny'):
+  with pytest.raises(errors.CheckpointMismatchError, match='googlenet_tiny'):
     loop.train_and_evaluate(other, workdir)
 
 
@@ -360,7 +361,7 @@ def test_finetune_refuses_other_mismatches(trained):
 
 
 def test_unknown_config_field_is_an_error_that_names_it():
-  with pytest.raises(config_lib.ConfigError, match='batch_sise'):
+  with pytest.raises(errors.ConfigError, match='batch_sise'):
     config_lib.load('default', ['--config.batch_sise=3'])
   config = config_lib.load('default', ['--config.batch_size=16', '--config.model_options.lrn=False'])
   assert config.batch_size == 16 and config.model_options.lrn is False
@@ -376,7 +377,7 @@ def test_configs_ship_by_name_and_a_file_path_still_works(tmp_path):
   path.write_text('from inception_jax.configs import default\n\n\ndef get_config():\n'
                   '  config = default.get_config()\n  config.batch_size = 8\n  return config\n')
   assert config_lib.load(str(path)).batch_size == 8
-  with pytest.raises(config_lib.NotFoundError, match="no shipped config named 'imagenet'.*"
+  with pytest.raises(errors.NotFoundError, match="no shipped config named 'imagenet'.*"
                      'imagenet_bn, imagenet_caffe_quick'):
     config_lib.load('imagenet')
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from inception_jax import cli
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax.serving import convert
 from inception_jax.serving import evaluation
 from inception_jax.serving import weights
@@ -134,7 +134,7 @@ def test_bad_checksum_is_an_error_and_keeps_nothing(server, cache, monkeypatch):
   data = b'not the published file'
   url = serve(server, monkeypatch, 'caffe', 'bvlc_googlenet.caffemodel', data,
               weights.Checksum('sha1', sha1(b'the published file')))
-  with pytest.raises(config_lib.UserError) as error:
+  with pytest.raises(errors.UserError) as error:
     weights.fetch('caffe', alternative='or pass the file', progress=False)
   assert_clear_error(error, url, f'sha1 is {sha1(data)}', str(weights.cached_path('caffe')),
                      'by hand or pass the file.')
@@ -144,7 +144,7 @@ def test_bad_checksum_is_an_error_and_keeps_nothing(server, cache, monkeypatch):
 def test_connection_refused_is_an_error(cache, monkeypatch):
   url = refused_url('bvlc_googlenet.caffemodel')
   official(monkeypatch, 'caffe', url, weights.Checksum('sha1', '0' * 40))
-  with pytest.raises(config_lib.UserError) as error:
+  with pytest.raises(errors.UserError) as error:
     weights.fetch('caffe', progress=False)
   assert_clear_error(error, f'could not download {url} (', 'refused',
                      f'put a copy at {cache / "weights" / "bvlc_googlenet.caffemodel"} by hand')
@@ -154,7 +154,7 @@ def test_connection_refused_is_an_error(cache, monkeypatch):
 def test_http_404_is_an_error(server, cache, monkeypatch):
   official(monkeypatch, 'caffe', server.url('missing.caffemodel'),
            weights.Checksum('sha1', '0' * 40))
-  with pytest.raises(config_lib.UserError) as error:
+  with pytest.raises(errors.UserError) as error:
     weights.fetch('caffe', progress=False)
   assert_clear_error(error, server.url('missing.caffemodel'), 'HTTP 404',
                      str(cache / 'weights' / 'missing.caffemodel'))
@@ -165,7 +165,7 @@ def test_truncated_download_is_an_error(server, cache, monkeypatch):
   data = b'x' * 1000
   serve(server, monkeypatch, 'caffe', 'bvlc_googlenet.caffemodel', data)
   server.declared_lengths['bvlc_googlenet.caffemodel'] = 1500
-  with pytest.raises(config_lib.UserError) as error:
+  with pytest.raises(errors.UserError) as error:
     weights.fetch('caffe', progress=False)
   assert_clear_error(error, 'closed 500 bytes before the end')
   assert cache_contents(cache) == []
@@ -176,7 +176,7 @@ def test_damaged_cached_file_is_an_error_naming_it(server, cache, monkeypatch):
   path = weights.cached_path('caffe')
   path.parent.mkdir(parents=True)
   path.write_bytes(b'the published fil')
-  with pytest.raises(config_lib.UserError) as error:
+  with pytest.raises(errors.UserError) as error:
     weights.fetch('caffe', progress=False)
   assert_clear_error(error, f'the cached {path} is not the file', 'delete it')
   assert not server.requests and path.read_bytes() == b'the published fil'
@@ -206,7 +206,7 @@ def test_torchvision_check_is_the_sha256_prefix_in_the_name(server, cache, monke
     if passes:
       assert weights.fetch('torchvision', progress=False).read_bytes() == data
     else:
-      with pytest.raises(config_lib.UserError, match=f'sha256 is {hashlib.sha256(data).hexdigest()}, '
+      with pytest.raises(errors.UserError, match=f'sha256 is {hashlib.sha256(data).hexdigest()}, '
                          f'expected sha256 starting with {wrong}'):
         weights.fetch('torchvision', progress=False)
   assert cache_contents(cache) == [f'googlenet-{prefix}.pth']
@@ -223,7 +223,7 @@ def test_caffe_check_is_the_whole_published_sha1(server, cache, monkeypatch):
   digest = hashlib.sha1(data).hexdigest()
   serve(server, monkeypatch, 'caffe', 'bvlc_googlenet.caffemodel', data,
         weights.Checksum('sha1', digest[:8]))  # a prefix is not enough for a full digest
-  with pytest.raises(config_lib.UserError, match=f'sha1 is {digest}, expected sha1 {digest[:8]}'):
+  with pytest.raises(errors.UserError, match=f'sha1 is {digest}, expected sha1 {digest[:8]}'):
     weights.fetch('caffe', progress=False)
   official(monkeypatch, 'caffe', server.url('bvlc_googlenet.caffemodel'),
            weights.Checksum('sha1', digest))
@@ -256,7 +256,7 @@ def test_convert_arguments_take_the_file_or_not():
 
 def test_weights_file_given_as_out_is_refused(server, cache, monkeypatch, tmp_path):
   serve(server, monkeypatch, 'caffe', 'bvlc_googlenet.caffemodel', b'the published file')
-  with pytest.raises(config_lib.UserError, match='looks like a weights file.*CAFFEMODEL OUT'):
+  with pytest.raises(errors.UserError, match='looks like a weights file.*CAFFEMODEL OUT'):
     convert_cli('caffe', str(tmp_path / 'bvlc_googlenet.caffemodel'))
   assert not server.requests and cache_contents(cache) == []
 

@@ -16,14 +16,10 @@ from absl import logging
 import ml_collections
 import tensorflow as tf
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax.data import preprocessing
 
 _JPEG_CHECK_RATIO = 8
-
-
-class BadImageError(config_lib.UserError):
-  """Image files that cannot be decoded, found with `on_bad_image='fail'`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +50,7 @@ class FolderShare:
 def root(config: ml_collections.ConfigDict) -> str:
   """`config.image_folder`, checked to be a folder."""
   if not os.path.isdir(config.image_folder):
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"config.image_folder='{config.image_folder}' is not a folder; with "
         "dataset='image_folder' it must hold <split>/<class>/<image> files.")
   return config.image_folder
@@ -78,7 +74,7 @@ def list_split(root: str, split: str) -> tuple[tuple[str, ...], tuple[int, ...]]
   """The sorted image files of a split and their labels."""
   split_dir = os.path.join(root, split)
   if not os.path.isdir(split_dir):
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"Image folder {root} has no split '{split}' (splits: "
         f"{', '.join(splits(root))}); set config.train_split / "
         'config.eval_split to one of them.')
@@ -101,15 +97,15 @@ def share(root: str, split: str, process_index: int, process_count: int,
   Cached: each process checks its files once per split and run.
   """
   if on_bad_image not in ('skip', 'fail'):
-    raise config_lib.ConfigError(f"on_bad_image='{on_bad_image}'; use 'skip' or 'fail'.")
+    raise errors.ConfigError(f"on_bad_image='{on_bad_image}'; use 'skip' or 'fail'.")
   paths, labels = list_split(root, split)
   paths = paths[process_index::process_count]
   labels = labels[process_index::process_count]
   bad = find_bad_images(paths)
   if bad and on_bad_image == 'fail':
     listing = '\n'.join(f'  {path}: {reason}' for path, reason in sorted(bad.items()))
-    raise BadImageError(f'{len(bad)} bad image file(s) in split \'{split}\' of {root}:\n'
-                        f"{listing}\nRemove or fix them, or set on_bad_image='skip'.")
+    raise errors.BadImageError(f'{len(bad)} bad image file(s) in split \'{split}\' of {root}:\n'
+                               f"{listing}\nRemove or fix them, or set on_bad_image='skip'.")
   for path, reason in sorted(bad.items()):
     logging.warning('Skipping bad image %s: %s.', path, reason)
   if bad:

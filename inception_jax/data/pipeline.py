@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 import ml_collections
 import tensorflow as tf
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import sharding
 from inception_jax.data import image_folder
 from inception_jax.data import preprocessing
@@ -82,7 +82,7 @@ def check_splits(config: ml_collections.ConfigDict, info: DatasetInfo,
   for split in splits:
     if info.split_sizes[split] < 1:
       where = config.image_folder if config.dataset == IMAGE_FOLDER else config.dataset
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f"split '{split}' of {where} has no examples; point the config at a split "
           '(config.train_split / config.eval_split) that holds some.')
     if config.dataset == IMAGE_FOLDER:
@@ -138,7 +138,7 @@ def make_train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0
   local_batch = _local_batch_size(config.batch_size, process_count, 'batch_size')
   share = _share(config, config.train_split, process_index, process_count)
   if share.num_examples == 0:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'Process {process_index} of {process_count} has no examples of '
         f"split '{config.train_split}' of '{config.dataset}'.")
   first_example = start_step * local_batch
@@ -269,14 +269,14 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
   if process_index is None:
     process_index = jax.process_index()
   if not 0 <= process_index < process_count:
-    raise config_lib.ConfigError(f'process_index={process_index} is not in [0, {process_count}).')
+    raise errors.ConfigError(f'process_index={process_index} is not in [0, {process_count}).')
   return process_index, process_count
 
 
 def _local_batch_size(batch_size: int, process_count: int, field: str) -> int:
   """This process's part of a global batch."""
   if batch_size % process_count:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'config.{field}={batch_size} is not divisible by the '
         f'{process_count} processes; use a multiple of {process_count}.')
   return batch_size // process_count

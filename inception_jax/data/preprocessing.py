@@ -23,6 +23,7 @@ from absl import logging
 import tensorflow as tf
 
 from inception_jax import config as config_lib
+from inception_jax import errors
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')  # what `decode_rgb` reads
 
@@ -187,7 +188,7 @@ def eval_side(image_size: int, resize_ratio: float) -> int:
   """The shorter side that evaluation resizes to before cropping `image_size`."""
   side = round(image_size * resize_ratio)
   if side < image_size:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'eval_resize_ratio={resize_ratio} resizes the shorter side to '
         f'{side} < image_size={image_size}; use a ratio >= 1.')
   return side
@@ -347,15 +348,15 @@ class TrainPreprocess:
 
   def __post_init__(self):
     if self.crop not in ('inception', 'center'):
-      raise config_lib.ConfigError(f"crop={self.crop!r}; use 'inception' or 'center'.")
+      raise errors.ConfigError(f"crop={self.crop!r}; use 'inception' or 'center'.")
     low, high = self.area_range
     if not 0 < low <= high <= 1:
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f'crop_area_range={tuple(self.area_range)}; '
           'use 0 < low <= high <= 1.')
     low, high = self.aspect_range
     if not 0 < low <= high:
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f'crop_aspect_range={tuple(self.aspect_range)}; '
           'use 0 < low <= high.')
     eval_side(self.image_size, self.eval_resize_ratio)
@@ -401,7 +402,7 @@ class EvalPreprocess:
   def __post_init__(self):
     if self.crops not in config_lib.CROPS:
       *others, last = config_lib.CROPS
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f'crops={self.crops}; use {", ".join(map(str, others))} or {last}.')
     eval_side(self.image_size, self.resize_ratio)
 

@@ -23,14 +23,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.datasets.siscore import labels as imagenet_labels
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax.data import datasets  # registers the embedded data sets with tfds
 
 BUILT_ON_FIRST_USE = (datasets.SklearnDigits.name,)
-
-
-class DatasetNotPreparedError(config_lib.UserError):
-  """A tfds data set is not prepared and this pipeline will not download it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +72,7 @@ def split_size(builder: tfds.core.DatasetBuilder, split) -> int:
   try:
     return builder.info.splits[split].num_examples
   except (KeyError, ValueError) as error:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"Split '{split}' is not in '{builder.name}' (splits: "
         f"{', '.join(builder.info.splits)}); set config.train_split / "
         'config.eval_split to one of them or a tfds slice of one.') from error
@@ -94,14 +90,14 @@ def prepared_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
   manual_dir = config.manual_dir or os.path.join(builder.data_dir_root, 'downloads',
                                                  'manual')
   if not _can_prepare_manually(builder, manual_dir):
-    raise DatasetNotPreparedError(_preparation_message(builder, manual_dir))
+    raise errors.DatasetNotPreparedError(_preparation_message(builder, manual_dir))
   logging.warning("Preparing '%s' from %s into %s; this runs once and can take hours.",
                   builder.name, manual_dir, builder.data_dir)
   try:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=manual_dir, try_download_gcs=False))
   except (AssertionError, OSError, tf.errors.OpError) as error:  # e.g. missing files
-    raise DatasetNotPreparedError(
+    raise errors.DatasetNotPreparedError(
         f"Preparing '{builder.name}' from {manual_dir} failed ({error!r}).\n"
         + _preparation_message(builder, manual_dir)) from error
   return builder
@@ -168,7 +164,7 @@ def _image_key(builder: tfds.core.DatasetBuilder) -> str:
   """The name of the image feature of an image-classification data set."""
   key = _supervised_keys(builder)[0]
   if not isinstance(builder.info.features[key], tfds.features.Image):
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"Feature '{key}' of '{builder.name}' is not a tfds Image; this "
         'pipeline reads encoded images only.')
   return key
@@ -178,7 +174,7 @@ def _label_key(builder: tfds.core.DatasetBuilder) -> str:
   """The name of the ClassLabel feature of an image-classification data set."""
   key = _supervised_keys(builder)[1]
   if not isinstance(builder.info.features[key], tfds.features.ClassLabel):
-    raise config_lib.ConfigError(f"Feature '{key}' of '{builder.name}' is not a ClassLabel.")
+    raise errors.ConfigError(f"Feature '{key}' of '{builder.name}' is not a ClassLabel.")
   return key
 
 
@@ -186,7 +182,7 @@ def _supervised_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
   """The (input, target) feature names of a supervised tfds data set."""
   keys = builder.info.supervised_keys
   if not keys or len(keys) != 2 or not all(isinstance(key, str) for key in keys):
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"'{builder.name}' has no (image, label) supervised_keys; choose "
         'an image-classification data set.')
   return keys

@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import xla_options
 from inception_jax.model import layers
 from inception_jax.model import ops as ops_lib
@@ -83,7 +83,7 @@ def _initializers(init: str) -> dict[str, Callable[..., Array]]:
     return dict(kernel=nn.initializers.truncated_normal(0.01),
                 bias=nn.initializers.zeros,
                 classifier_bias=nn.initializers.zeros)
-  raise config_lib.ConfigError(f"unknown init {init!r}: use 'caffe', 'he' or 'torchvision'.")
+  raise errors.ConfigError(f"unknown init {init!r}: use 'caffe', 'he' or 'torchvision'.")
 
 
 class InceptionBlock(nn.Module):
@@ -223,7 +223,7 @@ class GoogLeNet(nn.Module):
     order = list(INCEPTION_WIDTHS)
     if (not self.blocks or not set(self.blocks) <= set(order)
         or list(self.blocks) != sorted(set(self.blocks), key=order.index)):
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f'blocks {tuple(self.blocks)} must be some of {tuple(order)}, in that order.')
     stage = {s: [b for b in self.blocks if b[0] == s] for s in '345'}
     return stage['3'] + ['pool3'] + stage['4'] + ['pool4'] + stage['5']
@@ -318,7 +318,7 @@ def resolve_dtype(name: str, platform: str | None = None) -> str:
   if name == AUTO_DTYPE:
     return 'float32' if (platform or jax.default_backend()) == 'cpu' else 'bfloat16'
   if name not in DTYPES:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"unknown dtype {name!r}; choose 'auto' or one of {sorted(DTYPES)}.")
   return name
 
@@ -331,13 +331,13 @@ def create_model(name: str, **options: Any) -> GoogLeNet:
   """
   options = {k: v for k, v in options.items() if v is not None}
   if name not in MODELS:
-    raise config_lib.ConfigError(f'unknown model {name!r}; choose one of {sorted(MODELS)}.')
+    raise errors.ConfigError(f'unknown model {name!r}; choose one of {sorted(MODELS)}.')
   if isinstance(options.get('dtype'), str):
     options['dtype'] = DTYPES[resolve_dtype(options['dtype'])]
   fields = set(GoogLeNet.__dataclass_fields__) - {'parent', 'name'}
   unknown = sorted(set(options) - fields)
   if unknown:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'unknown model options {unknown}; valid options: {sorted(fields)}.')
   return MODELS[name](**options)
 

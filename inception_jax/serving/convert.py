@@ -42,6 +42,7 @@ import ml_collections
 import numpy as np
 
 from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import paths
 from inception_jax.data import pipeline
 from inception_jax.data import tfds_source
@@ -90,7 +91,7 @@ def _require_exactly(expected: set[str], found: set[str], what: str, source: str
   problems = ([f'missing {what} {missing}'] if missing else []) + (
       [f'unexpected {what} {unexpected}'] if unexpected else [])
   if problems:
-    raise config_lib.UserError(f"this is not {source}: {'; '.join(problems)}. {hint}")
+    raise errors.UserError(f"this is not {source}: {'; '.join(problems)}. {hint}")
 
 
 def _torchvision_layers(aux_heads: bool) -> tuple[dict[str, str], dict[str, str]]:
@@ -174,7 +175,7 @@ def _blob_array(blob: Any, where: str) -> np.ndarray:
     dims = (blob.num, blob.channels, blob.height, blob.width)
   values = np.array(blob.data if len(blob.data) else blob.double_data, np.float32)
   if values.size != math.prod(dims):
-    raise config_lib.UserError(
+    raise errors.UserError(
         f'{where} has {values.size} values for shape {dims}: the caffemodel '
         'is damaged.')
   return values.reshape(dims)
@@ -185,7 +186,7 @@ def read_caffe_blobs(caffemodel: bytes) -> dict[str, list[np.ndarray]]:
   try:
     net = caffe_pb2.NetParameter.FromString(caffemodel)
   except google.protobuf.message.DecodeError as e:
-    raise config_lib.UserError(f'not a Caffe NetParameter (.caffemodel) file: {e}') from e
+    raise errors.UserError(f'not a Caffe NetParameter (.caffemodel) file: {e}') from e
   layers = list(net.layer) or list(net.layers)
   return {layer.name: [_blob_array(blob, f'blob {i} of layer {layer.name}')
                        for i, blob in enumerate(layer.blobs)]
@@ -196,14 +197,14 @@ def _weight_and_bias(blobs: Mapping[str, list[np.ndarray]], name: str, ndim: int
                      ) -> tuple[np.ndarray, np.ndarray]:
   """A layer's (weight, bias), legacy 4-D padding (leading 1s) removed from dense layers."""
   if len(blobs[name]) != 2:
-    raise config_lib.UserError(
+    raise errors.UserError(
         f'Caffe layer {name} has {len(blobs[name])} blobs; expected weight '
         'and bias.')
   weight, bias = blobs[name]
   while weight.ndim > ndim and weight.shape[0] == 1:
     weight = weight[0]
   if weight.ndim != ndim:
-    raise config_lib.UserError(
+    raise errors.UserError(
         f'Caffe layer {name} has weights of shape {weight.shape}; expected '
         f'{ndim} dimensions.')
   return weight, bias.reshape(-1)
@@ -259,7 +260,7 @@ def check_fits(model: googlenet.GoogLeNet, variables: Variables, image_size: int
   problems += [f'{k}: model {want[k]}, converted {got[k]}'
                for k in sorted(set(want) & set(got)) if tuple(want[k]) != tuple(got[k])]
   if problems:
-    raise config_lib.UserError(
+    raise errors.UserError(
         'the converted weights do not fit the model:\n  ' + '\n  '.join(problems))
 
 
@@ -272,7 +273,7 @@ def write_run(directory: paths.PathLike, config: ml_collections.ConfigDict,
   """
   directory = paths.as_path(directory)
   if (directory / 'checkpoints').exists():
-    raise config_lib.UserError(f'{directory} already holds checkpoints; choose a new directory.')
+    raise errors.UserError(f'{directory} already holds checkpoints; choose a new directory.')
   check_fits(rundir.build_model(config, len(class_names)), variables, config.image_size)
   directory.mkdir(parents=True, exist_ok=True)
   rundir.save_config(config, directory)
@@ -305,11 +306,11 @@ def _load_torch_state_dict(path: str) -> Mapping[str, Any]:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise config_lib.UserError('reading .pth files needs PyTorch: pip install torch') from e
+    raise errors.UserError('reading .pth files needs PyTorch: pip install torch') from e
   state_dict = torch.load(path, map_location='cpu', weights_only=True)
   if not isinstance(state_dict, Mapping):
-    raise config_lib.UserError(f'{path} holds a {type(state_dict).__name__}, not a state dict; '
-                               'save one with torch.save(model.state_dict(), PATH).')
+    raise errors.UserError(f'{path} holds a {type(state_dict).__name__}, not a state dict; '
+                           'save one with torch.save(model.state_dict(), PATH).')
   return state_dict
 
 
@@ -332,7 +333,7 @@ def _weights_file(source: str, given: str | None, out: str, metavar: str) -> str
   if given is not None:
     return given
   if pathlib.Path(out).is_file() or out.endswith(_WEIGHT_SUFFIXES):
-    raise config_lib.UserError(
+    raise errors.UserError(
         f'{out} looks like a weights file, not the run directory to write; give both: '
         f'convert {source} {metavar} OUT (or only OUT to download the official weights).')
   return str(weights.fetch(source, alternative=(

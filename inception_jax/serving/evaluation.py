@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import metrics
 from inception_jax import sharding
 from inception_jax import xla_options
@@ -89,14 +89,14 @@ def evaluate_paths(paths: Sequence[str], crops: int,
   for other in loaded[1:]:
     for field in ('dataset', 'eval_split', 'image_size'):
       if other.config[field] != data_config[field]:
-        raise config_lib.UserError(
+        raise errors.UserError(
             f'ensemble members disagree on {field}: {loaded[0].path} has '
             f'{data_config[field]!r}, {other.path} has {other.config[field]!r}.')
   info = pipeline.get_dataset_info(data_config)
   pipeline.check_splits(data_config, info, (data_config.eval_split,))
   for member in loaded:
     if member.meta['num_classes'] != info.num_classes:
-      raise config_lib.UserError(
+      raise errors.UserError(
           f"{member.path} was trained on {member.meta['num_classes']} classes, but "
           f'{info.name} has {info.num_classes}: evaluate it on the data set it was trained '
           'on (--config.dataset / --config.image_folder / --config.data_dir).')

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import paths
 from inception_jax.data import preprocessing
 from inception_jax.serving import evaluation
@@ -49,7 +49,7 @@ def serving_function(loaded: evaluation.LoadedModel, input_kind: str
                      ) -> Callable[[jax.Array], jax.Array]:
   """images -> logits, evaluation mode, with the weights (and normalization) as constants."""
   if input_kind not in INPUT_KINDS:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'input_kind must be one of {sorted(INPUT_KINDS)}, got {input_kind!r}.')
   mean = np.asarray(loaded.config.mean_rgb, np.float32)
   std = np.asarray(loaded.config.std_rgb, np.float32)
@@ -107,7 +107,7 @@ def _check_tensorflow_runs(directory: str | pathlib.Path, size: int, input_kind:
     if 'deserialize' not in str(e):
       raise
     tf.io.gfile.rmtree(str(directory))
-    raise config_lib.UserError(
+    raise errors.UserError(
         f'TensorFlow {tf.__version__} cannot run the StableHLO that jax {jax.__version__} '
         f'writes ({str(e).splitlines()[0][:160]}...); no SavedModel written. Use a '
         'TensorFlow release at least as new as this jax, or the versions of '

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import metrics
 from inception_jax import paths
 from inception_jax import xla_options
@@ -100,7 +100,7 @@ class Predictor:
     `config` replaces the saved config (e.g. with overrides applied).
     """
     if not buckets or min(buckets) < 1:
-      raise config_lib.ConfigError(f'buckets must be positive batch sizes, got {tuple(buckets)}.')
+      raise errors.ConfigError(f'buckets must be positive batch sizes, got {tuple(buckets)}.')
     if config is None:
       config = rundir.load_config(rundir.workdir_of(path))
     self.loaded = evaluation.load_model(path, config)

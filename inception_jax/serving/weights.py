@@ -14,7 +14,7 @@ downloading it into the cache directory first if it is not there:
     downloaded.
 
 Every failure (no network, HTTP error, bad checksum, damaged cached file) is a
-`config.UserError` whose one-line message names the URL, the cause and the path
+`errors.UserError` whose one-line message names the URL, the cause and the path
 to put the file at by hand.
 """
 
@@ -31,7 +31,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 
 CACHE_ENV = 'INCEPTION_JAX_CACHE'
 TIMEOUT_S = 60  # per socket operation (connect, each read), not for the whole download
@@ -117,7 +117,7 @@ def hexdigest(path: pathlib.Path, algorithm: str) -> str:
 
 def _entry(name: str) -> WeightFile:
   if name not in OFFICIAL:
-    raise config_lib.UserError(f'no official weight file {name!r}; known: {sorted(OFFICIAL)}')
+    raise errors.UserError(f'no official weight file {name!r}; known: {sorted(OFFICIAL)}')
   return OFFICIAL[name]
 
 
@@ -168,7 +168,7 @@ def fetch(name: str, alternative: str = '', progress: bool = True) -> pathlib.Pa
 
   So that converting published weights needs no manual download. `alternative`
   (e.g. 'or pass it as FILE') ends every error message;
-  `progress`: the download's lines on stderr. Raises `config.UserError`
+  `progress`: the download's lines on stderr. Raises `errors.UserError`
   on any failure, naming the URL and the path to put the file at by hand.
   """
   entry = _entry(name)
@@ -177,7 +177,7 @@ def fetch(name: str, alternative: str = '', progress: bool = True) -> pathlib.Pa
   if path.exists():
     found = hexdigest(path, entry.check.algorithm)
     if not entry.check.matches(found):
-      raise config_lib.UserError(
+      raise errors.UserError(
           f'the cached {path} is not the file of {entry.url}: its {entry.check.algorithm} is '
           f'{found}, expected {entry.check.describe()}; delete it and run again to download '
           f'it anew{otherwise}.')
@@ -189,7 +189,7 @@ def fetch(name: str, alternative: str = '', progress: bool = True) -> pathlib.Pa
     descriptor, partial_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.part',
                                                 dir=path.parent)
   except OSError as e:
-    raise config_lib.UserError(
+    raise errors.UserError(
         f'{failed}: cannot write to the cache directory {path.parent} ({e.strerror}); set '
         f'{CACHE_ENV} to a writable directory{otherwise}.') from None
   os.close(descriptor)
@@ -202,10 +202,10 @@ def fetch(name: str, alternative: str = '', progress: bool = True) -> pathlib.Pa
     except (OSError, http.client.HTTPException) as e:
       if isinstance(e, urllib.error.HTTPError):
         e.close()
-      raise config_lib.UserError(f'{failed} ({_reason(e)}); {by_hand}.') from None
+      raise errors.UserError(f'{failed} ({_reason(e)}); {by_hand}.') from None
     found = hexdigest(partial, entry.check.algorithm)
     if not entry.check.matches(found):
-      raise config_lib.UserError(
+      raise errors.UserError(
           f'downloaded {entry.url}, but its {entry.check.algorithm} is {found}, expected '
           f'{entry.check.describe()} (damaged in transit, or changed on the server), so it '
           f'was not kept; {by_hand}.')

@@ -17,18 +17,10 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import paths
 
 BEST_METRIC = 'eval_top1'
-
-
-class CheckpointMismatchError(config_lib.UserError):
-  """A checkpoint was written for another model or data set than the one asked for."""
-
-
-class NoCheckpointError(config_lib.NotFoundError):
-  """A path holds no checkpoint, or none of its checkpoints can be read."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +74,7 @@ def check_meta(meta: dict[str, Any], expected: dict[str, Any], where: str) -> No
   if wrong:
     details = '; '.join(f'{k}: checkpoint has {got!r}, config asks for {want!r}'
                         for k, (got, want) in wrong.items())
-    raise CheckpointMismatchError(
+    raise errors.CheckpointMismatchError(
         f'the checkpoint in {where} was written for another model or data set ({details}). '
         'Use another work directory, or --config.init_from to fine-tune from it.')
 
@@ -123,7 +115,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
       check_meta(meta, expected_meta, str(manager.directory))
       state = manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))['state']
-    except CheckpointMismatchError:
+    except errors.CheckpointMismatchError:
       raise
     except Exception as e:  # pylint: disable=broad-except
       failures.append(f'step {step}: {type(e).__name__}: {e}')
@@ -134,7 +126,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     _move_aside(manager, damaged)
     return Restored(state=state, step=step, meta=meta)
   if steps:
-    raise NoCheckpointError(f'no checkpoint in {manager.directory} could be restored:\n  '
+    raise errors.NoCheckpointError(f'no checkpoint in {manager.directory} could be restored:\n  '
                        + '\n  '.join(failures)
                        + '\nMove the directory aside to start over.')
   return None
@@ -164,7 +156,7 @@ def find_checkpoint(path: paths.PathLike) -> tuple[epath.Path, int | None]:
     return path.parent, int(path.name)
   if path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):
     return path, None
-  raise NoCheckpointError(
+  raise errors.NoCheckpointError(
       f'{path} holds no checkpoint: give a work directory, its checkpoints/ '
       'folder, or one step folder inside it.')
 
@@ -181,7 +173,7 @@ def load_raw(path: paths.PathLike) -> Restored:
   if step is None:
     step = manager.latest_step()
     if step is None:
-      raise NoCheckpointError(f'{root} holds no checkpoint steps.')
+      raise errors.NoCheckpointError(f'{root} holds no checkpoint steps.')
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
       lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),

@@ -25,13 +25,9 @@ import jax
 import ml_collections
 from orbax.checkpoint import multihost
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 
 MODES = ('auto', 'on', 'off')
-
-
-class DistributedConfigError(config_lib.ConfigError):
-  """`config.distributed` asks for something the environment cannot give."""
 
 
 def detected_process_count() -> int | None:
@@ -56,7 +52,7 @@ def is_multiprocess(config: ml_collections.ConfigDict,
   """Whether this run must call `jax.distributed.initialize` (see the module docstring)."""
   mode = config.distributed
   if mode not in MODES:
-    raise DistributedConfigError(
+    raise errors.DistributedConfigError(
         f"config.distributed={mode!r}; use 'auto', 'on' or 'off'.")
   if mode != 'auto':
     return mode == 'on'
@@ -83,7 +79,7 @@ def initialize(config: ml_collections.ConfigDict) -> None:
         initialization_timeout=config.distributed_timeout_seconds,
         heartbeat_timeout_seconds=config.distributed_timeout_seconds)
   except ValueError as e:
-    raise DistributedConfigError(
+    raise errors.DistributedConfigError(
         f'config.distributed={config.distributed!r} but JAX found no cluster (a SLURM job '
         'step, mpirun, a Cloud TPU VM pod, a Kubernetes job) and not all of '
         'coordinator_address, num_processes and process_id are set '

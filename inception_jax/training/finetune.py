@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax.model import googlenet
 from inception_jax.training import checkpointing
 
@@ -43,7 +43,7 @@ def merge_pretrained(fresh: Any, pretrained: Any,
     refused.append(f'{path}: model {tuple(value.shape)}, checkpoint '
                    f'{"missing" if source is None else tuple(source.shape)}')
   if refused:
-    raise config_lib.UserError(
+    raise errors.UserError(
         'the checkpoint does not fit this model outside the classifiers:\n  '
         + '\n  '.join(refused) + '\nAllow fresh values for such layers with '
         "--config.init_from_reinit='<regex of paths>'.")

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import host_memory
 from inception_jax import paths
 from inception_jax import sharding
@@ -107,7 +107,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
   model = rundir.build_model(config, info.num_classes)
   steps_per_epoch = info.split_sizes[config.train_split] // config.batch_size
   if steps_per_epoch < 1:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'batch_size {config.batch_size} exceeds the {config.train_split} split '
         f'({info.split_sizes[config.train_split]} examples): lower it.')
   total_steps = optim.total_train_steps(config, steps_per_epoch)

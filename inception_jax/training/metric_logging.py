@@ -22,7 +22,7 @@ from typing import Mapping
 from absl import logging
 from etils import epath
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import paths
 
 METRICS_FILE = 'metrics.jsonl'
@@ -123,7 +123,7 @@ def plot_curves(workdir: paths.PathLike) -> epath.Path:
   workdir = paths.as_path(workdir)
   records = read_metrics(workdir)
   if not records:
-    raise config_lib.NotFoundError(f'{workdir / METRICS_FILE} has no metrics to plot.')
+    raise errors.NotFoundError(f'{workdir / METRICS_FILE} has no metrics to plot.')
   panels = [('loss', ['train_loss', 'eval_loss']),
             ('accuracy', ['train_top1', 'eval_top1', 'eval_top5']),
             ('learning rate', ['train_learning_rate'])]

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 
 Params = Any
 TrainableMask = Params | Callable[[Params], Params]
@@ -57,7 +57,7 @@ def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -
     return int(config.num_train_steps)
   steps = round(config.num_epochs * steps_per_epoch)
   if steps <= 0:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'num_epochs={config.num_epochs} with {steps_per_epoch} steps per epoch '
         'gives no training steps; set num_epochs or num_train_steps > 0.')
   return steps
@@ -77,13 +77,13 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict,
   """
   _check_config(config)
   if steps_per_epoch <= 0:
-    raise config_lib.ConfigError(f'steps_per_epoch must be positive, got {steps_per_epoch}.')
+    raise errors.ConfigError(f'steps_per_epoch must be positive, got {steps_per_epoch}.')
   accum = config.grad_accum_steps
   updates_per_epoch = steps_per_epoch / accum
   total_updates = total_train_steps(config, steps_per_epoch) // accum
   warmup_updates = round(config.warmup_epochs * updates_per_epoch)
   if warmup_updates >= total_updates:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'the warm-up ({warmup_updates} updates) must be shorter than the run '
         f'({total_updates} updates); lower warmup_epochs or train longer.')
   decay = _decay_schedule(config, updates_per_epoch, total_updates - warmup_updates)
@@ -227,17 +227,17 @@ def global_norms(*trees: Params) -> tuple[jax.Array, ...]:
 def _check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a recipe, optimizer or accumulation the recipes do not support."""
   if config.recipe not in RECIPES:
-    raise config_lib.ConfigError(f'unknown recipe {config.recipe!r}; choose one of {RECIPES}.')
+    raise errors.ConfigError(f'unknown recipe {config.recipe!r}; choose one of {RECIPES}.')
   if config.optimizer not in OPTIMIZERS:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'unknown optimizer {config.optimizer!r}; choose one of {OPTIMIZERS}.')
   if config.optimizer != 'sgd' and config.recipe != 'modern':
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"recipe {config.recipe!r} uses SGD with momentum; set optimizer='sgd', "
         f"or recipe='modern' to use {config.optimizer!r}.")
   if not isinstance(config.grad_accum_steps, int) or config.grad_accum_steps < 1:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'grad_accum_steps must be an integer >= 1, got '
         f'{config.grad_accum_steps!r}.')
   if not 0.0 <= config.ema_decay < 1.0:
-    raise config_lib.ConfigError(f'ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}.')
+    raise errors.ConfigError(f'ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}.')

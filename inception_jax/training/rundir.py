@@ -10,7 +10,7 @@ from typing import Any
 from etils import epath
 import ml_collections
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import paths
 from inception_jax.data import pipeline
 from inception_jax.model import googlenet
@@ -43,7 +43,7 @@ def load_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
   """The resolved config a run saved in its work directory."""
   path = paths.as_path(workdir) / CONFIG_FILE
   if not path.exists():
-    raise config_lib.NotFoundError(f'{path} not found: pass --config with the run\'s config file.')
+    raise errors.NotFoundError(f'{path} not found: pass --config with the run\'s config file.')
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 

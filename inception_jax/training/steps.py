@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 import ml_collections
 import optax
 
-from inception_jax import config as config_lib
+from inception_jax import errors
 from inception_jax import metrics as metrics_lib
 from inception_jax import sharding
 from inception_jax import xla_options
@@ -305,10 +305,6 @@ def _compiler_options(mesh: Mesh, options: Mapping[str, Any] | None) -> Mapping[
   return xla_options.supported(options, platform)
 
 
-class NonFiniteError(config_lib.UserError, FloatingPointError):
-  """Training produced a NaN or infinite loss or norm."""
-
-
 def _watched(metrics: Mapping[str, Any]) -> list[str]:
   """The metrics that must stay finite: the losses ('loss' first) and the norms."""
   return [name for _, name in sorted((name != 'loss', name) for name in metrics
@@ -346,6 +342,6 @@ def check_finite(first: Mapping[str, Any]) -> None:
   step = int(first['step'])
   if step:
     values = '; '.join(f'{name} is {float(first[name])}' for name in _watched(first))
-    raise NonFiniteError(
+    raise errors.NonFiniteError(
         f'step {step}: {values}; training stopped without saving a non-finite state. '
         'Lower learning_rate, set grad_clip_norm, or check the input data for NaN/Inf.')
