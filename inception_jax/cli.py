@@ -27,7 +27,7 @@ def _train(args: argparse.Namespace) -> None:
   from inception_jax import compilation_cache  # pylint: disable=import-outside-toplevel
   from inception_jax import paths  # pylint: disable=import-outside-toplevel
   from inception_jax.training import loop  # pylint: disable=import-outside-toplevel
-  config = config_lib.load(args.config, args.overrides)
+  config = _inherit_init_from(config_lib.load(args.config, args.overrides), args.overrides)
   workdir = args.workdir or str(pathlib.Path('workdirs') / pathlib.Path(args.config).stem)
   print(f'config {args.config}; work directory {paths.as_path(workdir)}', flush=True)
   if config.compilation_cache:
@@ -36,6 +36,19 @@ def _train(args: argparse.Namespace) -> None:
     loop.train_and_evaluate(config, workdir, args.preemption_watch)
   except loop.Preempted:
     sys.exit(0)
+
+
+def _inherit_init_from(config: Any, overrides: Sequence[str]) -> Any:
+  """`config` with its `init_from` run's architecture and preprocessing, except overridden fields."""
+  if not config.init_from:
+    return config
+  from inception_jax.training import finetune  # pylint: disable=import-outside-toplevel
+  config, taken = finetune.inherit_source(config, config_lib.override_fields(overrides))
+  if taken:
+    print(f'init_from {config.init_from}: took its '
+          + ', '.join(f'{name}={value}' for name, value in taken.items())
+          + ' (set a field on the command line to keep your own)', flush=True)
+  return config
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
