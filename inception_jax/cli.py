@@ -20,7 +20,7 @@ from inception_jax import config as config_lib
 from inception_jax import host_memory
 from inception_jax.training import preemption
 
-DATA_COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert')  # these run TensorFlow
+DATA_COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert', 'prepare')  # these run TensorFlow
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -242,6 +242,18 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
   caffe.intermixed = True
 
 
+def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
+  p = subparsers.add_parser(
+      'prepare', help='download and prepare a tfds data set once (what a multi-process run '
+      'needs done beforehand)')
+  p.add_argument('name', help='a tfds data set name, e.g. cifar10 or imagenette')
+  p.add_argument('--data_dir', default='',
+                 help='the tfds data_dir to prepare it in (default: ~/tensorflow_datasets)')
+  p.add_argument('--manual_dir', default='',
+                 help='where files you downloaded yourself are (e.g. the ImageNet tars)')
+  p.set_defaults(run=_run('data.tfds_source', 'prepare_command'))
+
+
 class _Parser(argparse.ArgumentParser):
   """An ArgumentParser whose commands marked `intermixed` take options between their files.
 
@@ -282,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_predict(subparsers)
   _add_export(subparsers)
   _add_convert(subparsers)
+  _add_prepare(subparsers)
   return parser
 
 
