@@ -10,6 +10,7 @@ files the test made, never against the code's own earlier output.
 import json
 import pathlib
 import re
+import shlex
 
 import jax
 import numpy as np
@@ -38,30 +39,38 @@ def _cuts(photo: np.ndarray, rows: slice, count: int, seed: int) -> list[np.ndar
   return [region[t:t + SIDE, l:l + SIDE] for t, l in zip(tops, lefts)]
 
 
-@pytest.fixture(scope='module')
-def photos(tmp_path_factory) -> pathlib.Path:
-  """ROOT/{train,test}/<class>/*.png: 2 training and 1 test image per class, lossless."""
+def write_photos(root: pathlib.Path, train_per_class: int) -> pathlib.Path:
+  """ROOT/{train,test}/<class>/*.png cut from the photographs: 1 test image per class, lossless."""
   china, flower = sklearn_datasets.load_sample_images().images  # 427 x 640 RGB
   sources = {'china_sky': (china, slice(0, SIDE)), 'china_town': (china, slice(171, 427)),
              'flower': (flower, slice(0, 427))}
-  root = tmp_path_factory.mktemp('photos')
   for seed, (name, (photo, rows)) in enumerate(sources.items()):
-    for i, image in enumerate(_cuts(photo, rows, 3, seed)):
-      split = 'test' if i == 2 else 'train'
+    for i, image in enumerate(_cuts(photo, rows, train_per_class + 1, seed)):
+      split = 'test' if i == train_per_class else 'train'
       (root / split / name).mkdir(parents=True, exist_ok=True)
       Image.fromarray(image).save(root / split / name / f'{i}.png')
   return root
 
 
 @pytest.fixture(scope='module')
-def converted(tmp_path_factory, caffe_blobs) -> dict[str, pathlib.Path]:  # noqa: F811
-  """Run directories converted from a torchvision state dict and a caffemodel made here."""
+def photos(tmp_path_factory) -> pathlib.Path:
+  return write_photos(tmp_path_factory.mktemp('photos'), 2)
+
+
+def save_torchvision_googlenet(path: pathlib.Path) -> None:
+  """A random-init torchvision GoogLeNet state dict, aux heads included, as torch saves one."""
   torch = pytest.importorskip('torch')
   torchvision = pytest.importorskip('torchvision')
-  root = tmp_path_factory.mktemp('weights')
   torch.manual_seed(0)
   torch.save(torchvision.models.googlenet(weights=None, aux_logits=True,
-                                          init_weights=False).state_dict(), root / 'tv.pth')
+                                          init_weights=False).state_dict(), path)
+
+
+@pytest.fixture(scope='module')
+def converted(tmp_path_factory, caffe_blobs) -> dict[str, pathlib.Path]:  # noqa: F811
+  """Run directories converted from a torchvision state dict and a caffemodel made here."""
+  root = tmp_path_factory.mktemp('weights')
+  save_torchvision_googlenet(root / 'tv.pth')
   (root / 'bvlc.caffemodel').write_bytes(caffemodel(caffe_blobs))
   convert_cli('torchvision', str(root / 'tv.pth'), str(root / 'tv_run'))
   convert_cli('caffe', str(root / 'bvlc.caffemodel'), str(root / 'caffe_run'))
@@ -93,7 +102,11 @@ def test_converted_weights_fine_tune_evaluate_predict_and_export(converted, phot
                                                                  source, frozen, capsys):
   run = tmp_path / 'tuned'
   _train(converted[source], photos, run, f'--config.freeze_backbone={frozen}')
-  assert f'init_from {converted[source]}: took its model=' in capsys.readouterr().out
+  assert f'init_from {converted[source]}: took its ' in capsys.readouterr().out
+  tuned, original = (json.loads((d / 'config.json').read_text()) for d in (run, converted[source]))
+  for field in ('model', 'image_size', 'mean_rgb', 'std_rgb', 'eval_resize_ratio'):
+    assert tuned[field] == original[field], field
+  assert tuned['model_options']['width'] == original['model_options']['width']
   before, after = _leaves(converted[source]), _leaves(run)
   heads = {name for name in after if _is_head(name)}
   assert heads and all(after[name].shape[-1] == len(CLASSES) for name in heads
@@ -111,7 +124,7 @@ def test_converted_weights_fine_tune_evaluate_predict_and_export(converted, phot
   test_images = sorted((photos / 'test').glob('*/*.png'))
   cli.main(['predict', str(run), *map(str, test_images), '--top-k', '1',
             '--json', str(tmp_path / 'predict.json')])
-  predicted = json.loads((tmp_path / 'predict.json').read_text())
+  predicted = json.loads((tmp_path / 'predict.json').read_text())['predictions']
   cli.main(['export', str(run), str(tmp_path / 'model.jax')])
 
   exported = jax.export.deserialize((tmp_path / 'model.jax').read_bytes())
@@ -128,3 +141,27 @@ def test_converted_weights_fine_tune_evaluate_predict_and_export(converted, phot
   for row, image in zip(log_probs, predicted):
     assert image['names'][0] == CLASSES[int(row.argmax())]
     assert image['probabilities'][0] == pytest.approx(np.exp(row.max()), rel=1e-4)
+
+
+def documented_commands() -> list[str]:
+  """The command lines of docs/training.md's fine-tuning example, as written there."""
+  text = (pathlib.Path(__file__).resolve().parents[1] / 'docs' / 'training.md').read_text()
+  section = text.split('## Fine-tuning', 1)[1]
+  return section.split('```bash\n', 1)[1].split('```', 1)[0].strip().splitlines()
+
+
+@pytest.mark.slow
+def test_the_documented_fine_tuning_commands_run_as_written(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  save_torchvision_googlenet(tmp_path / 'googlenet.pth')
+  write_photos(tmp_path / 'photos', 11)  # 33 photographs: one step of the recipe's batch of 32
+  commands = documented_commands()
+  assert len(commands) == 4
+  for command in commands:
+    argv = shlex.split(command)
+    assert argv[:3] == ['python', '-m', 'inception_jax'], command
+    cli.main(argv[3:])
+  out = capsys.readouterr().out
+  assert 'init_from tv_run: took its model=googlenet_bn, ' in out
+  assert json.loads((tmp_path / 'tuned' / 'config.json').read_text())['model'] == 'googlenet_bn'
+  assert out.count('photos/test/') == 3  # predict: one line per test photograph
