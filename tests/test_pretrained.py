@@ -47,7 +47,7 @@ def test_torchvision_weights_compute_what_torchvision_does(torchvision_googlenet
            weights.sha256_prefix_in_name(server.url(filename)))
   net = inception_jax.pretrained('torchvision')
   assert (net.preprocessing.image_size, net.preprocessing.resize_side) == (224, 256)
-  assert len(net.class_names) == 1000 and net.class_names[0] == 'tench'
+  assert len(net.class_names) == 1000 and net.class_names[0].startswith('tench')
   images = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3), np.uint8)
   mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
   torch_input = torch.from_numpy(((images / 255 - mean) / std).transpose(0, 3, 1, 2)).float()
