@@ -20,7 +20,8 @@ from inception_jax import config as config_lib
 from inception_jax import host_memory
 from inception_jax.training import preemption
 
-DATA_COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert', 'prepare')  # these run TensorFlow
+# These run TensorFlow.
+DATA_COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert', 'prepare')
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -39,7 +40,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _inherit_init_from(config: Any, overrides: Sequence[str]) -> Any:
-  """`config` with its `init_from` run's architecture and preprocessing, except overridden fields."""
+  """`config` with its `init_from` run's architecture and preprocessing, but not the overrides'."""
   if not config.init_from:
     return config
   from inception_jax.training import finetune  # pylint: disable=import-outside-toplevel

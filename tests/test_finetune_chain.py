@@ -154,7 +154,7 @@ def documented_commands() -> list[str]:
 def test_the_documented_fine_tuning_commands_run_as_written(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   save_torchvision_googlenet(tmp_path / 'googlenet.pth')
-  write_photos(tmp_path / 'photos', 11)  # 33 photographs: one step of the recipe's batch of 32
+  write_photos(tmp_path / 'photos', 6)  # 18 photographs: one step of the recipe's batch of 16
   commands = documented_commands()
   assert len(commands) == 4
   for command in commands:

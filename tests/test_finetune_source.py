@@ -27,14 +27,15 @@ def source(tmp_path_factory) -> pathlib.Path:
 
 
 def inherited(overrides: list[str]):
-  return cli._inherit_init_from(config_lib.load('finetune', overrides), overrides)  # pylint: disable=protected-access
+  config = config_lib.load('finetune', overrides)
+  return cli._inherit_init_from(config, overrides)  # pylint: disable=protected-access
 
 
 def test_the_source_architecture_and_preprocessing_are_taken_and_printed(source, capsys):
   config = inherited([f'--config.init_from={source}'])
   for field, value in SOURCE.items():
     assert config[field] == value, field
-  assert config.model_options.width is None and config.batch_size == 32  # the rest: finetune's
+  assert config.model_options.width is None and config.batch_size == 16  # the rest: finetune's
   line = capsys.readouterr().out
   assert line.startswith(f'init_from {source}: took its model=googlenet_bn_tiny, ')
   assert 'image_size=40' in line and 'mean_rgb=(10.0, 20.0, 30.0)' in line
@@ -42,7 +43,8 @@ def test_the_source_architecture_and_preprocessing_are_taken_and_printed(source,
 
 def test_fields_set_on_the_command_line_are_kept(source, capsys):
   config = inherited([f'--config.init_from={source}', '--config.image_size=48',
-                      '--config.mean_rgb=(1.0, 1.0, 1.0)', '--config.model_options.aux_heads=False'])
+                      '--config.mean_rgb=(1.0, 1.0, 1.0)',
+                      '--config.model_options.aux_heads=False'])
   assert (config.image_size, tuple(config.mean_rgb)) == (48, (1.0, 1.0, 1.0))
   assert config.model_options.aux_heads is False  # fits: the model then lacks layers, no more
   assert tuple(config.std_rgb) == SOURCE['std_rgb'] and config.model == SOURCE['model']
@@ -56,5 +58,5 @@ def test_a_forced_mismatch_is_one_line_naming_the_fields(source, tmp_path):
               f'--config.image_folder={tmp_path}'])
   message = exit_info.value.code
   assert isinstance(message, str) and message.startswith('error: ') and '\n' not in message
-  assert '--config.model_options.width=0.5 (source: None)' in message
+  assert '--config.model_options.width=0.5 (source: the model default)' in message
   assert not (tmp_path / 'run').exists()

@@ -25,8 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_folder = ''  # set on the command line
   config.init_from = ''  # set on the command line
   config.freeze_backbone = False
-  config.batch_size = 32  # a few hundred photographs fill a few steps per epoch
-  config.eval_batch_size = 32
+  config.batch_size = 16  # a few hundred photographs still make many steps per epoch
+  config.eval_batch_size = 16
   config.shuffle_buffer = 2048
   config.crop = 'inception'
   config.random_flip = True  # a mirrored photograph shows the same class

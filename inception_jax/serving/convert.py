@@ -345,7 +345,8 @@ def from_torchvision_file(path: paths.PathLike, transform_input: bool = True
                           ) -> tuple[ml_collections.ConfigDict, Variables]:
   """(run config, `googlenet_bn` variables) of a torchvision GoogLeNet state dict file."""
   variables = convert_torchvision(_load_torch_state_dict(str(path)))
-  return converted_config('imagenet_bn', variables, torchvision_mean_std(transform_input)), variables
+  mean_std = torchvision_mean_std(transform_input)
+  return converted_config('imagenet_bn', variables, mean_std), variables
 
 
 def from_caffe_file(path: paths.PathLike) -> tuple[ml_collections.ConfigDict, Variables]:

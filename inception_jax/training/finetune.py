@@ -67,10 +67,14 @@ def inherit_source(config: ml_collections.ConfigDict, explicit: Collection[str]
   if forced and not _weights_fit(config, source):
     raise config_lib.ConfigError(
         f"the weights of init_from {config.init_from} do not fit the model that "
-        + ', '.join(f'--config.{name}={_field(config, name)} (source: {_field(source, name)})'
-                    for name in forced)
+        + ', '.join(f'--config.{name}={_field(config, name)} (source: '
+                    f'{_shown(_field(source, name))})' for name in forced)
         + ' makes; leave those fields out to take the source\'s.')
   return config, taken
+
+
+def _shown(value: Any) -> Any:
+  return 'the model default' if value is None else value
 
 
 def _weights_fit(config: ml_collections.ConfigDict, source: ml_collections.ConfigDict) -> bool:
