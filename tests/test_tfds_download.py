@@ -101,3 +101,13 @@ def test_prepare_command_prepares_it_once(server, tmp_path, capsys):
   assert len(lines) == 3 and lines[0].endswith(' s')
   assert lines[1] == lines[2] == (f"'tiny_download' is prepared in {tmp_path}/tiny_download/"
                                   '1.0.0: train 3, test 2')
+
+
+def test_a_failed_download_is_one_line_with_the_command(server, tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(TinyDownload, 'url', server.url('gone.npz'))  # HTTP 404
+  with pytest.raises(tfds_source.DatasetNotPreparedError) as error:
+    tfds_source.prepared_builder(tiny_config(tmp_path))
+  message = str(error.value)
+  assert message.startswith("downloading 'tiny_download' failed (") and '\n' not in message
+  assert message.endswith(f'python -m inception_jax prepare tiny_download --data_dir {tmp_path}')
+  assert capsys.readouterr().out.endswith(' failed\n')

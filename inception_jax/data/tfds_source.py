@@ -122,15 +122,15 @@ def download_and_prepare(builder: tfds.core.DatasetBuilder) -> None:
   print(f"downloading and preparing '{builder.name}' into {builder.data_dir} (once) ...",
         end='', flush=True)
   start = time.monotonic()
-  with _quiet_tfds():
-    try:
+  try:
+    with _quiet_tfds():
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    except (OSError, tf.errors.OpError) as error:
-      print(' failed', flush=True)
-      raise DatasetNotPreparedError(
-          f"downloading '{builder.name}' failed ({error}); check the connection, or prepare "
-          f'it on a machine that has one: {_prepare_command(builder)}') from error
+  except (tfds.download.DownloadError, OSError, tf.errors.OpError) as error:
+    print(' failed', flush=True)
+    raise DatasetNotPreparedError(
+        f"downloading '{builder.name}' failed ({error}); check the connection, or prepare "
+        f'it on a machine that has one: {_prepare_command(builder)}') from error
   print(f' done in {time.monotonic() - start:.0f} s', flush=True)
 
 
