@@ -7,6 +7,7 @@ package (and `python -m inception_jax --help`) loads neither JAX nor TensorFlow:
   model = inception_jax.create_model('googlenet', num_classes=1000)
   predictor = inception_jax.Predictor('workdirs/default')  # a trained run
   predictions, skipped = predictor.predict(['digit.png'])
+  net = inception_jax.pretrained('torchvision')  # model, variables, preprocessing
 """
 
 import importlib
@@ -22,6 +23,8 @@ _PUBLIC = {
     'init_variables': 'inception_jax.model.googlenet',
     'Predictor': 'inception_jax.serving.inference',
     'Prediction': 'inception_jax.serving.inference',
+    'pretrained': 'inception_jax.serving.pretrained',
+    'Pretrained': 'inception_jax.serving.pretrained',
 }
 
 __all__ = ['__version__', *_PUBLIC]

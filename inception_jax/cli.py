@@ -21,14 +21,15 @@ from inception_jax import errors
 from inception_jax import host_memory
 from inception_jax.training import preemption
 
-DATA_COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert')  # these run TensorFlow
+# These run TensorFlow.
+DATA_COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert', 'prepare')
 
 
 def _train(args: argparse.Namespace) -> None:
   from inception_jax import compilation_cache  # pylint: disable=import-outside-toplevel
   from inception_jax import paths  # pylint: disable=import-outside-toplevel
   from inception_jax.training import loop  # pylint: disable=import-outside-toplevel
-  config = config_lib.load(args.config, args.overrides)
+  config = _inherit_init_from(config_lib.load(args.config, args.overrides), args.overrides)
   workdir = args.workdir or str(pathlib.Path('workdirs') / pathlib.Path(args.config).stem)
   print(f'config {args.config}; work directory {paths.as_path(workdir)}', flush=True)
   if config.compilation_cache:
@@ -37,6 +38,19 @@ def _train(args: argparse.Namespace) -> None:
     loop.train_and_evaluate(config, workdir, args.preemption_watch)
   except loop.Preempted:
     sys.exit(0)
+
+
+def _inherit_init_from(config: Any, overrides: Sequence[str]) -> Any:
+  """`config` with its `init_from` run's architecture and preprocessing, but not the overrides'."""
+  if not config.init_from:
+    return config
+  from inception_jax.training import finetune  # pylint: disable=import-outside-toplevel
+  config, taken = finetune.inherit_source(config, config_lib.override_fields(overrides))
+  if taken:
+    print(f'init_from {config.init_from}: took its '
+          + ', '.join(f'{name}={value}' for name, value in taken.items())
+          + ' (set a field on the command line to keep your own)', flush=True)
+  return config
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -230,6 +244,18 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
   caffe.intermixed = True
 
 
+def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
+  p = subparsers.add_parser(
+      'prepare', help='download and prepare a tfds data set once (what a multi-process run '
+      'needs done beforehand)')
+  p.add_argument('name', help='a tfds data set name, e.g. cifar10 or imagenette')
+  p.add_argument('--data_dir', default='',
+                 help='the tfds data_dir to prepare it in (default: ~/tensorflow_datasets)')
+  p.add_argument('--manual_dir', default='',
+                 help='where files you downloaded yourself are (e.g. the ImageNet tars)')
+  p.set_defaults(run=_run('data.tfds_source', 'prepare_command'))
+
+
 class _Parser(argparse.ArgumentParser):
   """An ArgumentParser whose commands marked `intermixed` take options between their files.
 
@@ -270,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_predict(subparsers)
   _add_export(subparsers)
   _add_convert(subparsers)
+  _add_prepare(subparsers)
   return parser
 
 

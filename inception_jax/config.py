@@ -53,6 +53,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.image_folder = ''  # root/<split>/<class>/* when dataset == 'image_folder'
   config.data_dir = ''  # tfds data_dir; '' = tfds default (~/tensorflow_datasets)
   config.manual_dir = ''  # tfds manual_dir (e.g. the ImageNet tars)
+  config.download = True  # a single-process run downloads and prepares a tfds data set it lacks
   config.train_split = 'train'
   config.eval_split = 'test'
   config.image_size = 224
@@ -186,3 +187,12 @@ def _unknown_field(error: AttributeError) -> str:
   suggestion = re.search(r'Did you mean "([\w.]+)"', text)
   return f'unknown config field {name.group(1) if name else text!r}' + (
       f' (did you mean {suggestion.group(1)!r}?)' if suggestion else '')
+
+
+def override_fields(overrides: Sequence[str]) -> set[str]:
+  """The field names that `--config.field=value` overrides set, e.g. {'model_options.width'}.
+
+  So that settings taken from elsewhere (a fine-tuning source) yield to the command line.
+  """
+  return {item.removeprefix('--config.').split('=', 1)[0] for item in overrides
+          if item.startswith('--config.')}

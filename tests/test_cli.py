@@ -257,7 +257,8 @@ def test_space_separated_override_parses_like_the_equals_form():
     config_lib.load(DEFAULT, ['--config.batch_size', '128', 'extra'])
 
 
-COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert', 'benchmark', 'summary', 'plot')
+COMMANDS = ('train', 'evaluate', 'predict', 'export', 'convert', 'benchmark', 'summary', 'plot',
+            'prepare')
 
 
 def test_help_of_every_command_loads_neither_jax_nor_tensorflow_nor_torch(subprocess_env):

@@ -265,11 +265,11 @@ def test_bad_images_fail_at_start_naming_the_files(bad_folder):
 
 
 @pytest.mark.parametrize('name,expected', [
-    ('cifar10', 'tfds build cifar10 --data_dir='),
+    ('cifar10', 'python -m inception_jax prepare cifar10 --data_dir '),
     ('imagenet2012', 'ILSVRC2012_img_train.tar'),
 ])
 def test_unprepared_dataset_fails_fast_with_instructions(tmp_path, name, expected):
-  config = _config(dataset=name, data_dir=str(tmp_path))
+  config = _config(dataset=name, data_dir=str(tmp_path), download=False)
   start = time.monotonic()
   for make in (pipeline.get_dataset_info, pipeline.make_train_dataset):
     with pytest.raises(errors.DatasetNotPreparedError, match=expected):

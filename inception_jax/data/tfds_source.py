@@ -1,19 +1,23 @@
 """tfds image-classification data sets: prepared on this machine, read as per-process shares.
 
-A data set is read from `config.data_dir` and must be prepared already, with two
-exceptions: `sklearn_digits` (shipped with this package) is built on first use, and
-data sets that need manual downloads (e.g. `imagenet2012`) are prepared from
-`config.manual_dir` when it holds the files and the job has a single process. Nothing
-is ever downloaded; a data set that is not prepared fails at once with the commands
-that prepare it. Each process reads `tfds.even_splits(split, n=process_count)[process_index]`.
+A data set is read from `config.data_dir`. One that is not prepared there is
+prepared by a single-process job, as `tfds.load` does: `sklearn_digits` (shipped with
+this package) is built, data sets that need manual downloads (e.g. `imagenet2012`)
+are prepared from `config.manual_dir` when it holds the files, and the others are
+downloaded unless `config.download` is False. A multi-process job prepares nothing
+(its processes would race): it fails at once with the command that prepares the data
+set (`python -m inception_jax prepare NAME`). Each process reads
+`tfds.even_splits(split, n=process_count)[process_index]`.
 """
 
+import argparse
 import contextlib
 import dataclasses
 import functools
 import io
 import os
 import textwrap
+import time
 from typing import Iterator
 
 from absl import logging
@@ -23,6 +27,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.datasets.siscore import labels as imagenet_labels
 
+from inception_jax import config as config_lib
 from inception_jax import errors
 from inception_jax.data import datasets  # registers the embedded data sets with tfds
 
@@ -90,7 +95,10 @@ def prepared_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
   manual_dir = config.manual_dir or os.path.join(builder.data_dir_root, 'downloads',
                                                  'manual')
   if not _can_prepare_manually(builder, manual_dir):
-    raise errors.DatasetNotPreparedError(_preparation_message(builder, manual_dir))
+    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS or not config.download or jax.process_count() > 1:
+      raise errors.DatasetNotPreparedError(_preparation_message(builder, manual_dir))
+    download_and_prepare(builder)
+    return tfds.builder(config.dataset, data_dir=config.data_dir or None)
   logging.warning("Preparing '%s' from %s into %s; this runs once and can take hours.",
                   builder.name, manual_dir, builder.data_dir)
   try:
@@ -101,6 +109,39 @@ def prepared_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
         f"Preparing '{builder.name}' from {manual_dir} failed ({error!r}).\n"
         + _preparation_message(builder, manual_dir)) from error
   return builder
+
+
+def download_and_prepare(builder: tfds.core.DatasetBuilder) -> None:
+  """Downloads and prepares a tfds data set that needs no manual files, as one line of ours.
+
+  tfds's own lines and progress bars stay quiet, as for the embedded data set.
+  """
+  print(f"downloading and preparing '{builder.name}' into {builder.data_dir} (once) ...",
+        end='', flush=True)
+  start = time.monotonic()
+  try:
+    with _quiet_tfds():
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  except (tfds.download.DownloadError, OSError, tf.errors.OpError) as error:
+    print(' failed', flush=True)
+    raise errors.DatasetNotPreparedError(
+        f"downloading '{builder.name}' failed ({error}); check the connection, or prepare "
+        f'it on a machine that has one: {_prepare_command(builder)}') from error
+  print(f' done in {time.monotonic() - start:.0f} s', flush=True)
+
+
+def prepare_command(args: argparse.Namespace) -> None:
+  """`prepare NAME`: the tfds data set downloaded (or built, or read from manual files) once."""
+  config = config_lib.get_base_config()
+  config.dataset, config.data_dir, config.manual_dir = args.name, args.data_dir, args.manual_dir
+  builder = prepared_builder(config)
+  print(f"'{builder.name}' is prepared in {builder.data_dir}: " + ', '.join(
+      f'{split} {info.num_examples}' for split, info in builder.info.splits.items()))
+
+
+def _prepare_command(builder: tfds.core.DatasetBuilder) -> str:
+  return f'python -m inception_jax prepare {builder.name} --data_dir {builder.data_dir_root}'
 
 
 def _build_on_first_use(config: ml_collections.ConfigDict,
@@ -152,12 +193,11 @@ def _preparation_message(builder: tfds.core.DatasetBuilder, manual_dir: str) -> 
         f"that you download yourself:\n{textwrap.indent(instructions, '  ')}\n"
         f'Put them in {manual_dir} (or set config.manual_dir), then either run '
         'training as a single process, which prepares the data set once, or run:\n'
-        f'  tfds build {name} --data_dir={data_dir} --manual_dir={manual_dir}')
-  return (
-      f"Data set '{name}' is not prepared in data_dir {data_dir}, and this pipeline "
-      'does not download. Prepare it on a machine with internet access:\n'
-      f'  tfds build {name} --data_dir={data_dir}\n'
-      'then copy that data_dir here, or set config.data_dir to where it is.')
+        f'  {_prepare_command(builder)} --manual_dir {manual_dir}')
+  why = ('a run of several processes does not download' if jax.process_count() > 1
+         else 'config.download is False')
+  return (f"Data set '{name}' is not prepared in data_dir {data_dir} and {why}; prepare it "
+          f'once with: {_prepare_command(builder)}')
 
 
 def _image_key(builder: tfds.core.DatasetBuilder) -> str:

@@ -305,8 +305,10 @@ def _num_classes(variables: Variables) -> int:
 def _load_torch_state_dict(path: str) -> Mapping[str, Any]:
   try:
     import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise errors.UserError('reading .pth files needs PyTorch: pip install torch') from e
+  except ImportError:
+    raise errors.UserError(
+        f"reading {path} needs PyTorch, which is not installed: pip install "
+        "'inception_jax[torch]' (or pip install torch).") from None
   state_dict = torch.load(path, map_location='cpu', weights_only=True)
   if not isinstance(state_dict, Mapping):
     raise errors.UserError(f'{path} holds a {type(state_dict).__name__}, not a state dict; '
@@ -340,21 +342,33 @@ def _weights_file(source: str, given: str | None, out: str, metavar: str) -> str
       f'or pass it as {metavar} (python -m inception_jax convert {source} {metavar} OUT)')))
 
 
+def from_torchvision_file(path: paths.PathLike, transform_input: bool = True
+                          ) -> tuple[ml_collections.ConfigDict, Variables]:
+  """(run config, `googlenet_bn` variables) of a torchvision GoogLeNet state dict file."""
+  variables = convert_torchvision(_load_torch_state_dict(str(path)))
+  mean_std = torchvision_mean_std(transform_input)
+  return converted_config('imagenet_bn', variables, mean_std), variables
+
+
+def from_caffe_file(path: paths.PathLike) -> tuple[ml_collections.ConfigDict, Variables]:
+  """(run config, paper `googlenet` variables) of a bvlc_googlenet .caffemodel file."""
+  variables = convert_caffe(pathlib.Path(path).read_bytes())
+  return converted_config('imagenet_paper', variables, CAFFE_MEAN_STD), variables
+
+
 def torchvision_command(args: argparse.Namespace) -> None:
   """`convert torchvision`: a run directory from a state dict file, or the official one."""
   path = _weights_file('torchvision', args.weights, args.out, 'WEIGHTS')
-  variables = convert_torchvision(_load_torch_state_dict(path))
-  config = converted_config('imagenet_bn', variables, torchvision_mean_std(args.transform_input))
-  num_classes = _num_classes(variables)
-  _report(write_run(args.out, config, variables, imagenet_class_names(num_classes)), config,
-          num_classes)
+  _write_and_report(args.out, *from_torchvision_file(path, args.transform_input))
 
 
 def caffe_command(args: argparse.Namespace) -> None:
   """`convert caffe`: a run directory from a bvlc_googlenet .caffemodel, or the official one."""
   path = _weights_file('caffe', args.caffemodel, args.out, 'CAFFEMODEL')
-  variables = convert_caffe(pathlib.Path(path).read_bytes())
-  config = converted_config('imagenet_paper', variables, CAFFE_MEAN_STD)
+  _write_and_report(args.out, *from_caffe_file(path))
+
+
+def _write_and_report(out: str, config: ml_collections.ConfigDict, variables: Variables) -> None:
   num_classes = _num_classes(variables)
-  _report(write_run(args.out, config, variables, imagenet_class_names(num_classes)), config,
+  _report(write_run(out, config, variables, imagenet_class_names(num_classes)), config,
           num_classes)

@@ -176,7 +176,8 @@ def classification_loss(output: googlenet.ModelOutput, labels: Array, aux_weight
 
 
 def train_step(state: TrainState, batch: Batch, *, aux_weight: float,
-               label_smoothing: float = 0.0) -> tuple[TrainState, Metrics]:
+               label_smoothing: float = 0.0,
+               keep_batch_stats: bool = False) -> tuple[TrainState, Metrics]:
   """One training step on `batch` = {'image': [B, H, W, 3], 'label': int32 [B]}.
 
   Args:
@@ -184,6 +185,8 @@ def train_step(state: TrainState, batch: Batch, *, aux_weight: float,
     batch: the global batch (under jit, sharded over the mesh's 'data' axis).
     aux_weight: the weight of each auxiliary head's loss (0: left out).
     label_smoothing: label smoothing of every cross-entropy term.
+    keep_batch_stats: leave the BatchNorm statistics as they are (a frozen backbone's
+      features must stay those of the weights it was loaded with).
 
   Returns:
     (new_state, metrics): the loss terms, 'top1', 'top5', the 'learning_rate' of
@@ -202,6 +205,8 @@ def train_step(state: TrainState, batch: Batch, *, aux_weight: float,
   (_, (terms, logits, batch_stats)), grads = grad_fn(state.params)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if keep_batch_stats:
+    batch_stats = state.batch_stats
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, ema_params=_updated_ema(state, params))
   grad_norm, param_norm, update_norm = optim.global_norms(grads, params, updates)
@@ -256,7 +261,8 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
   """
   sharding.check_batch_divisible(config.batch_size, mesh)
   step = functools.partial(train_step, aux_weight=config.aux_weight,
-                           label_smoothing=config.label_smoothing)
+                           label_smoothing=config.label_smoothing,
+                           keep_batch_stats=config.freeze_backbone)
   return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0,
                  compiler_options=_compiler_options(mesh, compiler_options))
