@@ -11,7 +11,7 @@ import importlib.util
 import pathlib
 import re
 import traceback
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from absl import flags
 import ml_collections
@@ -22,6 +22,18 @@ from inception_jax import errors
 
 CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'  # the shipped configs, by name
 CROPS = (1, 10, 144)  # crops per image at evaluation: centre; corners, centre, mirrors; Table 3's 144
+# The names a field may take, checked at load (before any data set is read or anything
+# compiles); the model layer resolves 'auto' (tests/test_cli.py checks the two agree).
+CHOICES = {
+    'model_options.ops': ('auto', 'xla', 'fast'),
+    'dtype': ('auto', 'float32', 'bfloat16', 'float16'),
+}
+# Fields that count or divide: a step interval of 0 would divide by zero.
+POSITIVE = ('image_size', 'batch_size', 'eval_batch_size', 'shuffle_buffer', 'grad_accum_steps',
+            'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+            'learning_rate', 'distributed_timeout_seconds', 'model_options.width')
+NON_NEGATIVE = ('aux_weight', 'weight_decay', 'warmup_epochs', 'grad_clip_norm', 'momentum')
+FRACTIONS = ('label_smoothing', 'model_options.dropout_rate', 'model_options.aux_dropout_rate')
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -136,7 +148,43 @@ def load(source: str | pathlib.Path | ml_collections.ConfigDict,
   if unparsed[1:]:
     raise errors.ConfigError(f'unrecognized arguments {unparsed[1:]}: config fields are set as '
                              '--config.<field>=<value>.')
+  validate(flag_values.config)
   return flag_values.config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first field whose value no run can use.
+
+  Fields left at None (the model's default) pass.
+  """
+  for field, choices in CHOICES.items():
+    value = _field(config, field)
+    if value is not None and value not in choices:
+      raise errors.ConfigError(f'{field}={value!r} is not known: use one of '
+                               f'{", ".join(map(repr, choices))}.')
+  for field in POSITIVE:
+    _check_number(config, field, lambda v: v > 0, 'positive')
+  for field in NON_NEGATIVE:
+    _check_number(config, field, lambda v: v >= 0, '0 or more')
+  for field in FRACTIONS:
+    _check_number(config, field, lambda v: 0 <= v < 1, 'in [0, 1)')
+
+
+def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  """The value of 'a.b' in `config`."""
+  value = config
+  for name in dotted.split('.'):
+    value = value[name]
+  return value
+
+
+def _check_number(config: ml_collections.ConfigDict, field: str,
+                  ok: Callable[[float], bool], rule: str) -> None:
+  """Raises ConfigError unless `field` is None or `ok` of its value."""
+  value = _field(config, field)
+  if value is not None and not ok(value):
+    raise errors.ConfigError(f'{field} must be {rule}, got {value!r}: set --config.{field} '
+                             f'to a value {rule}.')
 
 
 def shipped_configs() -> list[str]:

@@ -23,6 +23,8 @@ from test_train import overrides
 from inception_jax import cli
 from inception_jax import config as config_lib
 from inception_jax import errors
+from inception_jax.model import googlenet
+from inception_jax.model import ops
 from inception_jax.training import checkpointing
 from inception_jax.training import metric_logging
 
@@ -147,6 +149,27 @@ def test_config_that_does_not_fit_exits_1_with_our_lines_only_and_no_traceback(
   assert done.stderr.splitlines() == [
       'error: the warm-up (22 updates) must be shorter than the run (20 updates); lower '
       'warmup_epochs or train longer.'], done.stderr
+
+
+@pytest.mark.parametrize('override, expected', [
+    ('--config.model_options.ops=bogus', "model_options.ops='bogus' is not known: use one of "
+     "'auto', 'xla', 'fast'."),
+    ('--config.batch_size=0', 'batch_size must be positive, got 0'),
+    ('--config.eval_every_steps=0', 'eval_every_steps must be positive, got 0'),
+    ('--config.dtype=float8', "dtype='float8' is not known"),
+    ('--config.label_smoothing=1.5', 'label_smoothing must be in [0, 1), got 1.5'),
+    ('--config.model_options.width=-1', 'model_options.width must be positive, got -1.0'),
+])
+def test_a_bad_value_is_refused_at_load_in_one_line(override, expected, tmp_path):
+  message = refusal(['train', '--workdir', str(tmp_path / 'run'), override])
+  assert message == f'error: {expected}' or message.startswith(f'error: {expected}'), message
+  assert '\n' not in message
+  assert not (tmp_path / 'run').exists()
+
+
+def test_the_names_checked_at_load_are_those_the_model_resolves():
+  assert set(config_lib.CHOICES['model_options.ops']) == {ops.AUTO, *ops.OPS}
+  assert set(config_lib.CHOICES['dtype']) == {googlenet.AUTO_DTYPE, *googlenet.DTYPES}
 
 
 def test_override_with_a_space_before_its_value_is_taken(digits_data_dir, tmp_path):
