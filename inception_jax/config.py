@@ -120,6 +120,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.num_processes = 0  # 0 = detect
   config.process_id = -1  # -1 = detect
   config.distributed_timeout_seconds = 300  # peers must arrive (and keep beating) within this
+
+  # 'START:END': a jax.profiler trace of steps START to END (both included) in
+  # <workdir>/tensorboard/plugins/profile/; '' = none.
+  config.profile_steps = ''
   config.lock()  # a misspelt field in a config file is an error, not a new field
   return config
 
@@ -155,7 +159,7 @@ def load(source: str | pathlib.Path | ml_collections.ConfigDict,
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first field whose value no run can use.
 
-  Fields left at None (the model's default) pass.
+  Fields left at None (the model's default), or missing from an older run's config, pass.
   """
   for field, choices in CHOICES.items():
     value = _field(config, field)
@@ -168,12 +172,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_number(config, field, lambda v: v >= 0, '0 or more')
   for field in FRACTIONS:
     _check_number(config, field, lambda v: 0 <= v < 1, 'in [0, 1)')
+  profile_range(config)
+
+
+def profile_range(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """(first, last) step of `config.profile_steps` ('START:END'); None when it is ''."""
+  text = (_field(config, 'profile_steps') or '').strip()
+  if not text:
+    return None
+  first, _, last = text.partition(':')
+  if not (first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last)):
+    raise errors.ConfigError(f'profile_steps={config.profile_steps!r}: write START:END with '
+                             '1 <= START <= END, e.g. --config.profile_steps=10:12.')
+  return int(first), int(last)
 
 
 def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
-  """The value of 'a.b' in `config`."""
+  """The value of 'a.b' in `config`; None where the config lacks it (an older run's)."""
   value = config
   for name in dotted.split('.'):
+    if name not in value:
+      return None
     value = value[name]
   return value
 

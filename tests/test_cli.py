@@ -7,6 +7,7 @@ random weights (`convert.write_run`), so nothing here trains a model.
 """
 
 import json
+import logging
 import pathlib
 import subprocess
 import sys
@@ -226,6 +227,37 @@ def test_evaluate_of_an_empty_split_is_refused(folder, tmp_path):
   run = make_run(tmp_path / 'run', folder_config(root))
   message = refusal(['evaluate', str(run)])
   assert "split 'test' of" in message and 'has no examples' in message
+
+
+def test_evaluate_of_a_split_with_no_readable_image_is_refused_without_orbax_lines(
+    folder, tmp_path, caplog):
+  root = tmp_path / 'folder'
+  for path in (folder / 'train').rglob('*.png'):
+    write_png(root / path.relative_to(folder), 0)
+  for name in ('a', 'b', 'c'):
+    (root / 'test' / name).mkdir(parents=True)
+    (root / 'test' / name / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not a JPEG')
+  run = make_run(tmp_path / 'run', folder_config(root))
+  with caplog.at_level('WARNING'):  # the command line's level
+    message = refusal(['evaluate', str(run)])
+  assert message.startswith("error: no example of split 'test' could be read"), message
+  assert not [r.getMessage() for r in caplog.records
+              if 'orbax' in r.pathname and r.levelno >= logging.WARNING]
+
+
+def test_predict_prints_our_lines_only_and_fails_when_nothing_is_classified(
+    digits_data_dir, tmp_path, subprocess_env):
+  run = make_run(tmp_path / 'run', tiny(digits_data_dir, image_size=32))
+  missing = tmp_path / 'missing.png'
+  done = subprocess.run(
+      [sys.executable, '-m', 'inception_jax', 'predict', str(run), str(missing)],
+      cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 1, done.stdout + done.stderr
+  assert done.stdout == ''
+  assert done.stderr.splitlines() == [
+      f'skipped {missing}: no such file',
+      'error: no image could be classified (1 skipped): give image files, or folders holding '
+      'some.'], done.stderr
 
 
 def test_evaluate_on_a_data_set_with_other_classes_is_refused(digits_data_dir, folder,

@@ -294,3 +294,28 @@ def test_config_round_trip_on_gs(gcs_env):
   assert gcs_env.objects('cfg/') == ['cfg/config.json']
   assert rundir.load_config(f'gs://{BUCKET}/cfg').to_dict() == json.loads(
       config.to_json_best_effort())
+
+
+def test_a_run_that_goes_nonfinite_on_gs_uploads_its_events_and_cleans_up(
+    gcs_env, digits_data_dir, tmp_path, monkeypatch):
+  # pylint: disable=import-outside-toplevel
+  import tempfile
+  from inception_jax import errors
+  from inception_jax.training import loop
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))  # where the writer keeps its events
+  # A huge learning rate makes the loss or a norm non-finite within a few steps; every
+  # step before that is logged, each within the writer's 30 s between uploads.
+  config = tiny_config(digits_data_dir, learning_rate=1e30, num_train_steps=12,
+                       log_every_steps=1, checkpoint_every_steps=100, eval_every_steps=100)
+  with pytest.raises(errors.NonFiniteError) as error:
+    loop.train_and_evaluate(config, f'gs://{BUCKET}/nonfinite')
+  first = int(str(error.value).split('step ')[1].split(':')[0])
+  records = [json.loads(line) for line in
+             gcs_env.read('nonfinite/metrics.jsonl').decode().splitlines()]
+  logged = {r['step'] for r in records if 'train_loss' in r}
+  assert logged == set(range(1, first)), (logged, first)
+  uploaded: set[int] = set()
+  for name in gcs_env.objects('nonfinite/tensorboard/'):
+    uploaded.update(_event_tags_and_steps(gcs_env.read(name)).get('train_loss', []))
+  assert uploaded == logged
+  assert not list(tmp_path.glob('inception_jax_tensorboard_*'))  # the local copy is gone
