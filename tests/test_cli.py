@@ -160,6 +160,8 @@ def test_config_that_does_not_fit_exits_1_with_our_lines_only_and_no_traceback(
     ('--config.dtype=float8', "dtype='float8' is not known"),
     ('--config.label_smoothing=1.5', 'label_smoothing must be in [0, 1), got 1.5'),
     ('--config.model_options.width=-1', 'model_options.width must be positive, got -1.0'),
+    ('--config.profile_steps=5:2', "profile_steps='5:2': write START:END with 1 <= START <= "
+     'END'),
 ])
 def test_a_bad_value_is_refused_at_load_in_one_line(override, expected, tmp_path):
   message = refusal(['train', '--workdir', str(tmp_path / 'run'), override])

@@ -116,13 +116,13 @@ def test_run_writes_checkpoints_logs_and_curves(trained):
 
 def test_profile_steps_trace_into_tensorboard_and_a_slow_input_shows_as_waiting(
     digits_data_dir, tmp_path, monkeypatch, capsys):
-  # Each batch arrives 1 s late, far longer than a step of this model takes.
-  slow = lambda batches: (time.sleep(1.0) or batch for batch in batches)
+  # Each batch arrives 1.5 s late, far longer than a step of this model takes.
+  slow = lambda batches: (time.sleep(1.5) or batch for batch in batches)
   create = loop.pipeline.create_train_iterator
   monkeypatch.setattr(loop.pipeline, 'create_train_iterator',
                       lambda *args, **kwargs: slow(create(*args, **kwargs)))
   config = tiny_config(digits_data_dir, num_train_steps=4, log_every_steps=2,
-                       eval_every_steps=100, checkpoint_every_steps=100, profile_steps='2:3')
+                       eval_every_steps=100, checkpoint_every_steps=100, profile_steps='3:3')
   loop.train_and_evaluate(config, tmp_path)
   profile = tmp_path / 'tensorboard' / 'plugins' / 'profile'
   traces = list(profile.glob('*/*.xplane.pb'))

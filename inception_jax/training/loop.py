@@ -230,7 +230,6 @@ def _train(run: _Run, watch: preemption.PreemptionWatch) -> dict[str, float]:
     run.profiler.before_step(step)
     state, metrics = run.train_step(state, timer.next_batch(run.batches))
     nonfinite = run.track_nonfinite(nonfinite, metrics, step)
-    run.profiler.after_step(step, metrics)
     if step == run.start_step + 1:  # warm-up (first touches of memory): not in the throughput
       jax.block_until_ready(metrics)
       if is_main:
@@ -258,6 +257,8 @@ def _train(run: _Run, watch: preemption.PreemptionWatch) -> dict[str, float]:
     if saved:
       save(step, eval_result if evaluated else None)
       timer.restart()  # the throughput and step time count training steps only
+    if run.profiler.after_step(step, metrics):
+      timer.restart()  # nor the writing of the trace
     if watch.reached(step):
       if not saved:
         save(step)

@@ -8,6 +8,7 @@ trace stops, as the metric writer does with its event files.
 """
 
 import os
+import pathlib
 import shutil
 import tempfile
 from typing import Any
@@ -42,11 +43,13 @@ class StepProfiler:
                      if paths.is_remote(self.workdir) else os.fspath(events))
       jax.profiler.start_trace(self._local, create_perfetto_trace=True)
 
-  def after_step(self, step: int, outputs: Any) -> None:
-    """Stops the trace once step `last` has finished on the device."""
-    if self._local is not None and step >= self.steps[1]:
-      jax.block_until_ready(outputs)
-      self.close()
+  def after_step(self, step: int, outputs: Any) -> bool:
+    """Stops the trace once step `last` has finished on the device; True if it did."""
+    if self._local is None or step < self.steps[1]:
+      return False
+    jax.block_until_ready(outputs)
+    self.close()
+    return True
 
   def close(self) -> None:
     """Stops a trace still running (a run that ended inside the range) and uploads it."""
@@ -56,7 +59,7 @@ class StepProfiler:
     local, self._local, self._done = self._local, None, True
     if paths.is_remote(self.workdir):
       events = self.workdir / metric_logging.TENSORBOARD_DIR
-      for file in epath.Path(local).rglob('*'):
+      for file in pathlib.Path(local).rglob('*'):
         if file.is_file():
           target = events / os.fspath(file.relative_to(local))
           target.parent.mkdir(parents=True, exist_ok=True)
