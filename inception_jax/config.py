@@ -202,8 +202,8 @@ def _check_number(config: ml_collections.ConfigDict, field: str,
   """Raises ConfigError unless `field` is None or `ok` of its value."""
   value = _field(config, field)
   if value is not None and not ok(value):
-    raise errors.ConfigError(f'{field} must be {rule}, got {value!r}: set --config.{field} '
-                             f'to a value {rule}.')
+    raise errors.ConfigError(f'{field} must be {rule}, got {value!r}: change '
+                             f'--config.{field}.')
 
 
 def shipped_configs() -> list[str]:
