@@ -79,8 +79,8 @@ def parse_cases(spec: str, model_names: Sequence[str], dtypes: Sequence[str]) ->
     parts = item.strip().split(':')
     if len(parts) != 3 or parts[0] not in ('infer', 'train') or not all(
         p.isdigit() for p in parts[1:]):
-      raise ValueError(f'bad case {item!r}: write kind:batch:size with kind infer or train, '
-                       'e.g. train:32:224.')
+      raise errors.UserError(f'bad case {item!r}: write kind:batch:size with kind infer or '
+                             'train, e.g. train:32:224.')
     for model in model_names:
       for dtype in dtypes:
         cases.append(Case(model, parts[0], int(parts[1]), int(parts[2]), dtype))
@@ -97,8 +97,9 @@ def parse_peaks(spec: str | None) -> dict[str, float]:
     except ValueError:
       peak = 0.0
     if dtype not in googlenet.DTYPES or not peak > 0:
-      raise ValueError(f'bad --peak-tflops entry {item!r}: write dtype=TFLOPS with dtype one '
-                       f'of {sorted(googlenet.DTYPES)} and a positive number, e.g. bfloat16=989.')
+      raise errors.UserError(f'bad --peak-tflops entry {item!r}: write dtype=TFLOPS with dtype '
+                             f'one of {sorted(googlenet.DTYPES)} and a positive number, e.g. '
+                             'bfloat16=989.')
     peaks[dtype] = peak
   return peaks
 
@@ -414,7 +415,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   torch_modes = args.torch_modes.split(',') if args.compare == 'torchvision' else []
   unknown = sorted(set(torch_modes) - {'eager', 'compile'})
   if unknown:
-    raise ValueError(f"unknown --torch-modes {unknown}: use 'eager' and/or 'compile'.")
+    raise errors.UserError(f"unknown --torch-modes {unknown}: use 'eager' and/or 'compile'.")
   peaks = parse_peaks(args.peak_tflops)
   if torch_modes:
     torch, _ = _import_torch()

@@ -11,7 +11,7 @@ import importlib.util
 import pathlib
 import re
 import traceback
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from absl import flags
 import ml_collections
@@ -22,6 +22,18 @@ from inception_jax import errors
 
 CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'  # the shipped configs, by name
 CROPS = (1, 10, 144)  # crops per image at evaluation: centre; corners, centre, mirrors; Table 3's 144
+# The names a field may take, checked at load (before any data set is read or anything
+# compiles); the model layer resolves 'auto' (tests/test_cli.py checks the two agree).
+CHOICES = {
+    'model_options.ops': ('auto', 'xla', 'fast'),
+    'dtype': ('auto', 'float32', 'bfloat16', 'float16'),
+}
+# Fields that count or divide: a step interval of 0 would divide by zero.
+POSITIVE = ('image_size', 'batch_size', 'eval_batch_size', 'shuffle_buffer', 'grad_accum_steps',
+            'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+            'learning_rate', 'distributed_timeout_seconds', 'model_options.width')
+NON_NEGATIVE = ('aux_weight', 'weight_decay', 'warmup_epochs', 'grad_clip_norm', 'momentum')
+FRACTIONS = ('label_smoothing', 'model_options.dropout_rate', 'model_options.aux_dropout_rate')
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -109,6 +121,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.num_processes = 0  # 0 = detect
   config.process_id = -1  # -1 = detect
   config.distributed_timeout_seconds = 300  # peers must arrive (and keep beating) within this
+
+  # 'START:END': a jax.profiler trace of steps START to END (both included) in
+  # <workdir>/tensorboard/plugins/profile/; '' = none.
+  config.profile_steps = ''
   config.lock()  # a misspelt field in a config file is an error, not a new field
   return config
 
@@ -137,7 +153,58 @@ def load(source: str | pathlib.Path | ml_collections.ConfigDict,
   if unparsed[1:]:
     raise errors.ConfigError(f'unrecognized arguments {unparsed[1:]}: config fields are set as '
                              '--config.<field>=<value>.')
+  validate(flag_values.config)
   return flag_values.config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first field whose value no run can use.
+
+  Fields left at None (the model's default), or missing from an older run's config, pass.
+  """
+  for field, choices in CHOICES.items():
+    value = _field(config, field)
+    if value is not None and value not in choices:
+      raise errors.ConfigError(f'{field}={value!r} is not known: use one of '
+                               f'{", ".join(map(repr, choices))}.')
+  for field in POSITIVE:
+    _check_number(config, field, lambda v: v > 0, 'positive')
+  for field in NON_NEGATIVE:
+    _check_number(config, field, lambda v: v >= 0, '0 or more')
+  for field in FRACTIONS:
+    _check_number(config, field, lambda v: 0 <= v < 1, 'in [0, 1)')
+  profile_range(config)
+
+
+def profile_range(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """(first, last) step of `config.profile_steps` ('START:END'); None when it is ''."""
+  text = (_field(config, 'profile_steps') or '').strip()
+  if not text:
+    return None
+  first, _, last = text.partition(':')
+  if not (first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last)):
+    raise errors.ConfigError(f'profile_steps={config.profile_steps!r}: write START:END with '
+                             '1 <= START <= END, e.g. --config.profile_steps=10:12.')
+  return int(first), int(last)
+
+
+def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  """The value of 'a.b' in `config`; None where the config lacks it (an older run's)."""
+  value = config
+  for name in dotted.split('.'):
+    if name not in value:
+      return None
+    value = value[name]
+  return value
+
+
+def _check_number(config: ml_collections.ConfigDict, field: str,
+                  ok: Callable[[float], bool], rule: str) -> None:
+  """Raises ConfigError unless `field` is None or `ok` of its value."""
+  value = _field(config, field)
+  if value is not None and not ok(value):
+    raise errors.ConfigError(f'{field} must be {rule}, got {value!r}: change '
+                             f'--config.{field}.')
 
 
 def shipped_configs() -> list[str]:

@@ -127,7 +127,7 @@ def test_peaks_are_read_per_dtype():
                                                                  'float32': 494.7}
   assert benchmark.parse_peaks(None) == {}
   for bad in ['bf16=989', 'float32', 'float32=fast', 'float32=0', 'float32=-5']:
-    with pytest.raises(ValueError, match='dtype=TFLOPS'):
+    with pytest.raises(errors.UserError, match='dtype=TFLOPS'):
       benchmark.parse_peaks(bad)
 
 
@@ -162,5 +162,20 @@ def test_comparison_beside_a_device_torch_cannot_use_stops_before_compiling(monk
 
 
 def test_bad_case_says_how_to_write_one():
-  with pytest.raises(ValueError, match='kind:batch:size'):
+  with pytest.raises(errors.UserError, match='kind:batch:size'):
     benchmark.parse_cases('train:32', ['googlenet'], ['float32'])
+
+
+@pytest.mark.parametrize('options, expected', [
+    (['--cases', 'bogus:1:2'], "error: bad case 'bogus:1:2': write kind:batch:size"),
+    (['--ops', 'bogus'], "error: unknown ops 'bogus': use 'auto'"),
+    (['--peak-tflops', 'float32=fast'], "error: bad --peak-tflops entry 'float32=fast'"),
+    (['--compare', 'torchvision', '--torch-modes', 'jit'], "error: unknown --torch-modes"),
+])
+def test_bad_options_end_in_one_error_line(options, expected, monkeypatch, tmp_path):
+  monkeypatch.setattr(benchmark, 'make_runner', lambda *a: pytest.fail('compiled a runner'))
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(['benchmark', '--models', 'googlenet_bn_tiny', '--cases', 'infer:2:32',
+              '--output', str(tmp_path / 'bench'), *options])
+  assert str(exit_info.value.code).startswith(expected), exit_info.value.code
+  assert '\n' not in exit_info.value.code

@@ -7,6 +7,7 @@ random weights (`convert.write_run`), so nothing here trains a model.
 """
 
 import json
+import logging
 import pathlib
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from test_train import overrides
 from inception_jax import cli
 from inception_jax import config as config_lib
 from inception_jax import errors
+from inception_jax.model import googlenet
+from inception_jax.model import ops
 from inception_jax.training import checkpointing
 from inception_jax.training import metric_logging
 
@@ -149,6 +152,29 @@ def test_config_that_does_not_fit_exits_1_with_our_lines_only_and_no_traceback(
       'warmup_epochs or train longer.'], done.stderr
 
 
+@pytest.mark.parametrize('override, expected', [
+    ('--config.model_options.ops=bogus', "model_options.ops='bogus' is not known: use one of "
+     "'auto', 'xla', 'fast'."),
+    ('--config.batch_size=0', 'batch_size must be positive, got 0'),
+    ('--config.eval_every_steps=0', 'eval_every_steps must be positive, got 0'),
+    ('--config.dtype=float8', "dtype='float8' is not known"),
+    ('--config.label_smoothing=1.5', 'label_smoothing must be in [0, 1), got 1.5'),
+    ('--config.model_options.width=-1', 'model_options.width must be positive, got -1.0'),
+    ('--config.profile_steps=5:2', "profile_steps='5:2': write START:END with 1 <= START <= "
+     'END'),
+])
+def test_a_bad_value_is_refused_at_load_in_one_line(override, expected, tmp_path):
+  message = refusal(['train', '--workdir', str(tmp_path / 'run'), override])
+  assert message == f'error: {expected}' or message.startswith(f'error: {expected}'), message
+  assert '\n' not in message
+  assert not (tmp_path / 'run').exists()
+
+
+def test_the_names_checked_at_load_are_those_the_model_resolves():
+  assert set(config_lib.CHOICES['model_options.ops']) == {ops.AUTO, *ops.OPS}
+  assert set(config_lib.CHOICES['dtype']) == {googlenet.AUTO_DTYPE, *googlenet.DTYPES}
+
+
 def test_override_with_a_space_before_its_value_is_taken(digits_data_dir, tmp_path):
   message = refusal(['train', '--workdir', str(tmp_path / 'run'),
                      f'--config.data_dir={digits_data_dir}', '--config.batch_size', '2000'])
@@ -203,6 +229,37 @@ def test_evaluate_of_an_empty_split_is_refused(folder, tmp_path):
   run = make_run(tmp_path / 'run', folder_config(root))
   message = refusal(['evaluate', str(run)])
   assert "split 'test' of" in message and 'has no examples' in message
+
+
+def test_evaluate_of_a_split_with_no_readable_image_is_refused_without_orbax_lines(
+    folder, tmp_path, caplog):
+  root = tmp_path / 'folder'
+  for path in (folder / 'train').rglob('*.png'):
+    write_png(root / path.relative_to(folder), 0)
+  for name in ('a', 'b', 'c'):
+    (root / 'test' / name).mkdir(parents=True)
+    (root / 'test' / name / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not a JPEG')
+  run = make_run(tmp_path / 'run', folder_config(root))
+  with caplog.at_level('WARNING'):  # the command line's level
+    message = refusal(['evaluate', str(run)])
+  assert message.startswith("error: no example of split 'test' could be read"), message
+  assert not [r.getMessage() for r in caplog.records
+              if 'orbax' in r.pathname and r.levelno >= logging.WARNING]
+
+
+def test_predict_prints_our_lines_only_and_fails_when_nothing_is_classified(
+    digits_data_dir, tmp_path, subprocess_env):
+  run = make_run(tmp_path / 'run', tiny(digits_data_dir, image_size=32))
+  missing = tmp_path / 'missing.png'
+  done = subprocess.run(
+      [sys.executable, '-m', 'inception_jax', 'predict', str(run), str(missing)],
+      cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 1, done.stdout + done.stderr
+  assert done.stdout == ''
+  assert done.stderr.splitlines() == [
+      f'skipped {missing}: no such file',
+      'error: no image could be classified (1 skipped): give image files, or folders holding '
+      'some.'], done.stderr
 
 
 def test_evaluate_on_a_data_set_with_other_classes_is_refused(digits_data_dir, folder,

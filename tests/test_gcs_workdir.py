@@ -294,3 +294,38 @@ def test_config_round_trip_on_gs(gcs_env):
   assert gcs_env.objects('cfg/') == ['cfg/config.json']
   assert rundir.load_config(f'gs://{BUCKET}/cfg').to_dict() == json.loads(
       config.to_json_best_effort())
+
+
+def test_a_run_that_goes_nonfinite_on_gs_uploads_its_events_and_trace_and_cleans_up(
+    gcs_env, digits_data_dir, tmp_path, monkeypatch):
+  # pylint: disable=import-outside-toplevel
+  import tempfile
+  from inception_jax import errors
+  from inception_jax.training import loop
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))  # where the writer keeps its events
+  # The 4th batch on is NaN: steps 1 to 3 are logged (within the writer's 30 s between
+  # uploads, so only the first is uploaded as it is written), then the loss is NaN.
+  create = loop.pipeline.create_train_iterator
+
+  def nan_from_step_4(*args, **kwargs):
+    for step, batch in enumerate(create(*args, **kwargs), 1):
+      yield batch if step < 4 else {**batch, 'image': batch['image'] * jnp.nan}
+
+  monkeypatch.setattr(loop.pipeline, 'create_train_iterator', nan_from_step_4)
+  # The trace of steps 3 to 5 is still running when the run stops: it is uploaded too.
+  config = tiny_config(digits_data_dir, num_train_steps=8, log_every_steps=1,
+                       checkpoint_every_steps=100, eval_every_steps=100, profile_steps='3:5')
+  with pytest.raises(errors.NonFiniteError, match='^step 4: loss is nan'):
+    loop.train_and_evaluate(config, f'gs://{BUCKET}/nonfinite')
+  records = [json.loads(line) for line in
+             gcs_env.read('nonfinite/metrics.jsonl').decode().splitlines()]
+  logged = {r['step'] for r in records if 'train_loss' in r}
+  assert logged == {1, 2, 3}
+  uploaded: set[int] = set()
+  for name in gcs_env.objects('nonfinite/tensorboard/events.out.tfevents.'):
+    uploaded.update(_event_tags_and_steps(gcs_env.read(name)).get('train_loss', []))
+  assert uploaded == logged
+  traces = [n for n in gcs_env.objects('nonfinite/tensorboard/plugins/profile/')
+            if n.endswith('.xplane.pb')]
+  assert len(traces) == 1, gcs_env.objects('nonfinite/')
+  assert not list(tmp_path.glob('inception_jax_*'))  # the local copies are gone

@@ -1,5 +1,7 @@
 """The trainer end to end on the embedded digits: logs, checkpoints, resume, preemption."""
 
+import gzip
+import json
 import os
 import pathlib
 import random
@@ -110,6 +112,53 @@ def test_run_writes_checkpoints_logs_and_curves(trained):
   steps = checkpointing.create_manager(workdir / 'checkpoints', read_only=True).all_steps()
   assert sorted(steps) == [4, 6, 8]  # 2, 4, 6, 8 written; newest 3 kept (best eval: 4 or 8)
   assert result['count'] == 360  # every test digit counted once (360 = 5 batches of 64, padded)
+
+
+def test_profile_steps_trace_into_tensorboard_and_a_slow_input_shows_as_waiting(
+    digits_data_dir, tmp_path, monkeypatch, capsys):
+  # Each batch arrives 1.5 s late, far longer than a step of this model takes.
+  slow = lambda batches: (time.sleep(1.5) or batch for batch in batches)
+  create = loop.pipeline.create_train_iterator
+  monkeypatch.setattr(loop.pipeline, 'create_train_iterator',
+                      lambda *args, **kwargs: slow(create(*args, **kwargs)))
+  config = tiny_config(digits_data_dir, num_train_steps=4, log_every_steps=2,
+                       eval_every_steps=100, checkpoint_every_steps=100, profile_steps='3:3')
+  loop.train_and_evaluate(config, tmp_path)
+  profile = tmp_path / 'tensorboard' / 'plugins' / 'profile'
+  traces = list(profile.glob('*/*.xplane.pb'))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0, traces
+  with gzip.open(traces[0].parent / 'perfetto_trace.json.gz') as f:
+    assert json.load(f)['traceEvents']
+  out = capsys.readouterr().out
+  assert re.search(r'^training step memory per device: arguments [\d.,]+ MiB, outputs '
+                   r'[\d.,]+ MiB, temporaries [\d.,]+ MiB', out, re.M), out
+  timed = [r for r in metric_logging.read_metrics(tmp_path) if 'train_step_s' in r]
+  assert [r['step'] for r in timed] == [2, 4]
+  assert all(r['train_data_wait_share'] > 0.5 for r in timed), timed
+  assert re.search(r'^step 4/4 .* waiting for data (\d+)% ', out, re.M), out
+
+
+def test_step_timer_shares_the_window_between_waiting_and_stepping():
+  now = [0.0]
+  clock = lambda: now[0]
+
+  def batches(wait: float):
+    while True:
+      now[0] += wait
+      yield None
+
+  for wait, share in ((3.0, 0.75), (0.0, 0.0)):
+    timer = metric_logging.StepTimer(batch_size=8, clock=clock)
+    stream = batches(wait)
+    for _ in range(2):
+      timer.next_batch(stream)
+      now[0] += 1.0  # the step itself
+      timer.count_step()
+    elapsed = 2 * (wait + 1.0)
+    assert timer.scalars() == {'train_images_per_s': 16 / elapsed,
+                               'train_step_s': elapsed / 2, 'train_data_wait_share': share}
+    timer.restart()
+    assert timer.scalars() == {}
 
 
 def test_evaluate_reads_the_checkpoint_back(trained):

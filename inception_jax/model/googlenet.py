@@ -235,8 +235,9 @@ class GoogLeNet(nn.Module):
                        f'got shape {x.shape}.')
     smallest = self.min_input_size()
     if min(x.shape[1:3]) < smallest:
-      raise ValueError(f'images of {x.shape[1]}x{x.shape[2]} are too small for this '
-                       f'GoogLeNet: it needs at least {smallest}x{smallest} pixels.')
+      raise errors.ConfigError(f'images of {x.shape[1]}x{x.shape[2]} are too small for this '
+                               f'GoogLeNet: it needs at least {smallest}x{smallest} pixels '
+                               '(image_size).')
     inits = _initializers(self.init_scheme)
     ops = ops_lib.resolve(self.ops)  # once, for every layer
     conv = functools.partial(layers.ConvReLU, batch_norm=self.batch_norm, dtype=self.dtype,

@@ -34,6 +34,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from inception_jax import errors
+
 Array = jax.Array
 Padding = tuple[tuple[int, int], tuple[int, int]]
 OPS = ('xla', 'fast')
@@ -50,8 +52,8 @@ def resolve(ops: str, platform: str | None = None) -> str:
   if ops == AUTO:
     return 'fast' if (platform or jax.default_backend()) == 'cpu' else 'xla'
   if ops not in OPS:
-    raise ValueError(f"unknown ops {ops!r}: use 'auto' (the platform's default), 'xla' "
-                     "(XLA's own kernels) or 'fast' (inception_jax.model.ops).")
+    raise errors.ConfigError(f"unknown ops {ops!r}: use 'auto' (the platform's default), 'xla' "
+                             "(XLA's own kernels) or 'fast' (inception_jax.model.ops).")
   return ops
 
 

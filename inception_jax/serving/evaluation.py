@@ -74,6 +74,9 @@ def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops:
     labels.append(np.asarray(jax.device_get(batch['label']))[keep])
     if progress:
       progress.update(int(keep.sum()))
+  if not sum(len(p) for p in probs):
+    raise errors.UserError(f'no example of split {config.eval_split!r} could be read, so '
+                           'nothing was evaluated: fix or replace its files.')
   return np.concatenate(probs), np.concatenate(labels)
 
 

@@ -170,6 +170,9 @@ def predict_command(args: argparse.Namespace) -> None:
                                      for name, prob in zip(p.names, p.probabilities)))
   for path, reason in skipped.items():
     print(f'skipped {path}: {reason}', file=sys.stderr)
+  if not predictions:
+    raise errors.UserError(f'no image could be classified ({len(skipped)} skipped): give '
+                           'image files, or folders holding some.')
   print(f'{len(predictions)} image(s) classified, {len(skipped)} skipped.', file=sys.stderr)
   if args.json:
     paths.as_path(args.json).write_text(json.dumps(

@@ -8,8 +8,10 @@ Directories are local paths or URIs orbax supports, such as gs://bucket/run
 (`paths.as_path`).
 """
 
+import contextlib
 import dataclasses
-from typing import Any
+import logging as std_logging
+from typing import Any, Iterator
 
 from absl import logging
 from etils import epath
@@ -52,11 +54,33 @@ def create_manager(directory: paths.PathLike, keep: int = 3,
       checkpoint_managers.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1,
                                 keep_checkpoints_without_metrics=False),
   ])
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy, read_only=read_only,
-                                         enable_async_checkpointing=not read_only)
-  return _Manager(paths.as_path(directory), options=options,
-                  item_handlers={'state': ocp.StandardCheckpointHandler(),
-                                 'meta': ocp.JsonCheckpointHandler()})
+  # A read-only manager is given the settings orbax would otherwise change with a warning.
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=policy, read_only=read_only, enable_async_checkpointing=not read_only,
+      **(dict(save_interval_steps=0, create=False) if read_only else {}))
+  with _without_read_only_notice():
+    return _Manager(paths.as_path(directory), options=options,
+                    item_handlers={'state': ocp.StandardCheckpointHandler(),
+                                   'meta': ocp.JsonCheckpointHandler()})
+
+
+class _ReadOnlyNotice(std_logging.Filter):
+  """Drops orbax's warning that a read-only manager's directory is read-only."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Given directory is read only')
+
+
+@contextlib.contextmanager
+def _without_read_only_notice() -> Iterator[None]:
+  """While a manager is created: evaluate and predict print our lines only."""
+  absl_logger = logging.get_absl_logger()
+  notice = _ReadOnlyNotice()
+  absl_logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(notice)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any],

@@ -5,10 +5,14 @@ damaged one); otherwise starts fresh, or from `config.init_from` for
 fine-tuning. Evaluates periodically over the whole held-out split, saves every
 `checkpoint_every_steps` and at the end, and on SIGTERM (to any process) every
 process saves the same step and the run stops (`preemption`). Only process 0
-prints and writes logs; every process checkpoints.
+prints and writes logs; every process checkpoints. However the run ends, the
+checkpoint manager and the metric writer are closed (a remote work directory gets
+its last TensorBoard events).
 """
 
 import concurrent.futures
+import contextlib
+import dataclasses
 import time
 from typing import Any, Iterator
 
@@ -17,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from inception_jax import config as config_lib
 from inception_jax import errors
 from inception_jax import host_memory
 from inception_jax import paths
@@ -29,6 +34,7 @@ from inception_jax.training import finetune
 from inception_jax.training import metric_logging
 from inception_jax.training import optim
 from inception_jax.training import preemption
+from inception_jax.training import profiling
 from inception_jax.training import rundir
 from inception_jax.training import steps
 
@@ -78,24 +84,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
 
   Raises Preempted after saving a checkpoint when SIGTERM arrives.
   """
-  own_watch = watch is None
-  watch = watch or preemption.PreemptionWatch()
-  try:
-    return _train_and_evaluate(config, paths.as_path(workdir), watch)
-  finally:
-    if own_watch:
-      watch.close()
+  config_lib.validate(config)
+  with contextlib.ExitStack() as closing:
+    if watch is None:
+      watch = closing.enter_context(contextlib.closing(preemption.PreemptionWatch()))
+    # Whatever ends the run (its end, SIGTERM, a non-finite loss, any error), the
+    # checkpoints finish and the writer uploads its last events.
+    run = _set_up(config, paths.as_path(workdir), watch, closing)
+    eval_result = _train(run, watch)
+  if run.is_main:
+    print(f'curves: {metric_logging.plot_curves(run.workdir)}', flush=True)
+  return eval_result
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
-                        watch: preemption.PreemptionWatch) -> dict[str, float]:
+@dataclasses.dataclass
+class _Run:
+  """A run ready to train: its data, state, compiled steps and where it writes."""
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  is_main: bool
+  manager: Any  # orbax CheckpointManager
+  writer: metric_logging.MetricWriter
+  profiler: profiling.StepProfiler
+  meta: dict[str, Any]
+  mesh: Any
+  steps_per_epoch: int
+  total_steps: int
+  start_step: int
+  state: steps.TrainState
+  train_step: Any
+  eval_step: Any
+  track_nonfinite: Any
+  batches: Iterator[dict[str, jax.Array]]
+
+
+def _set_up(config: ml_collections.ConfigDict, workdir: epath.Path,
+            watch: preemption.PreemptionWatch, closing: contextlib.ExitStack) -> _Run:
+  """Checks the run against its work directory, restores or initializes the state and
+  compiles the training step; `closing` gets what must be closed when the run ends."""
   distributed.initialize(config)
   is_main = jax.process_index() == 0
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
   manager = checkpointing.create_manager(workdir / 'checkpoints', config.keep_checkpoints)
+  closing.callback(manager.close)  # waits for a save in flight first
   if watch.start(manager.latest_step() or 0):
-    manager.close()
     _stopped(manager.latest_step(), manager, is_main, started=False)
   info = pipeline.get_dataset_info(config)
   meta = rundir.checkpoint_meta(config, info)
@@ -142,10 +175,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
     rundir.save_config(config, workdir)
   host_memory.release_free_memory()
   start_step = int(sharding.fetch(state.step))
-  writer = metric_logging.MetricWriter(workdir, enabled=is_main)
-  eval_step = steps.make_eval_step(mesh, state_sharding)
-  track_nonfinite = steps.make_nonfinite_tracker(mesh)
-  batches = pipeline.create_train_iterator(config, mesh, start_step=start_step)
+  writer = closing.enter_context(contextlib.closing(
+      metric_logging.MetricWriter(workdir, enabled=is_main)))
+  profiler = closing.enter_context(contextlib.closing(
+      profiling.StepProfiler(config_lib.profile_range(config), workdir)))
   if is_main:
     print(f'{config.model} on {info.name}: {total_steps} steps of {config.batch_size} '
           f'({steps_per_epoch} per epoch) on {jax.device_count()} {jax.default_backend()} '
@@ -154,10 +187,31 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
           + (f'; resuming at step {start_step}' if start_step else ''), flush=True)
     if compile_s is not None:
       print(f'compiled the training step in {compile_s:.1f} s', flush=True)
+      memory = profiling.memory_line(train_step)
+      if memory:
+        print(memory, flush=True)
+  return _Run(config=config, workdir=workdir, is_main=is_main, manager=manager, writer=writer,
+              profiler=profiler, meta=meta, mesh=mesh, steps_per_epoch=steps_per_epoch,
+              total_steps=total_steps, start_step=start_step, state=state,
+              train_step=train_step, eval_step=steps.make_eval_step(mesh, state_sharding),
+              track_nonfinite=steps.make_nonfinite_tracker(mesh),
+              batches=pipeline.create_train_iterator(config, mesh, start_step=start_step))
+
+
+def _due(step: int, every: int, last: bool) -> bool:
+  """Whether a periodic action (log, evaluation, save) runs after `step`."""
+  return last or step % every == 0
+
+
+def _train(run: _Run, watch: preemption.PreemptionWatch) -> dict[str, float]:
+  """The training loop from `run.start_step`; returns the last evaluation's metrics."""
+  config, is_main = run.config, run.is_main
+  state = run.state
+  nonfinite = None  # the first step with a non-finite loss or norm, tracked on the device
 
   def run_eval(step: int) -> dict[str, float]:
-    result = evaluate(eval_step, state, pipeline.create_eval_iterator(config, mesh))
-    writer.write(step, {f'eval_{k}': v for k, v in result.items()})
+    result = evaluate(run.eval_step, state, pipeline.create_eval_iterator(config, run.mesh))
+    run.writer.write(step, {f'eval_{k}': v for k, v in result.items()})
     if is_main:
       print(f"eval at step {step}: top1 {result['top1']:.4f} | top5 {result['top5']:.4f} | "
             f"loss {result['loss']:.4f} | {int(result['count'])} examples", flush=True)
@@ -165,59 +219,51 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
 
   def save(step: int, eval_result: dict[str, float] | None = None) -> None:
     steps.check_finite(sharding.fetch(nonfinite))  # never checkpoint a non-finite state
-    checkpointing.save(manager, step, state, meta,
+    checkpointing.save(run.manager, step, state, run.meta,
                        eval_top1=None if eval_result is None else eval_result['top1'])
 
-  distributed.wait_for_all_processes(f'ready_at_step_{start_step}',
+  distributed.wait_for_all_processes(f'ready_at_step_{run.start_step}',
                                      config.distributed_timeout_seconds)
   eval_result: dict[str, float] = {}
-  nonfinite = None  # the first step with a non-finite loss or norm, tracked on the device
-  window_start, window_steps = time.time(), 0
-  for step in range(start_step + 1, total_steps + 1):
-    state, metrics = train_step(state, next(batches))
-    nonfinite = track_nonfinite(nonfinite, metrics, step)
-    if step == start_step + 1:  # warm-up (first touches of memory): not in the throughput
+  timer = metric_logging.StepTimer(config.batch_size)
+  for step in range(run.start_step + 1, run.total_steps + 1):
+    run.profiler.before_step(step)
+    state, metrics = run.train_step(state, timer.next_batch(run.batches))
+    nonfinite = run.track_nonfinite(nonfinite, metrics, step)
+    if step == run.start_step + 1:  # warm-up (first touches of memory): not in the throughput
       jax.block_until_ready(metrics)
       if is_main:
-        print(f'first step took {time.time() - window_start:.1f} s', flush=True)
-      window_start, window_steps = time.time(), 0
+        print(f'first step took {timer.elapsed():.1f} s', flush=True)
+      timer.restart()
     else:
-      window_steps += 1
-    last = step == total_steps
-    if step % config.log_every_steps == 0 or last:
+      timer.count_step()
+    last = step == run.total_steps
+    if _due(step, config.log_every_steps, last):
       scalars = sharding.fetch(metrics)
       steps.check_finite(sharding.fetch(nonfinite))
-      elapsed = time.time() - window_start
       record = {f'train_{k}': float(v) for k, v in scalars.items()}
-      if window_steps:  # the steps since the last log line, the warm-up step left out
-        record.update(train_images_per_s=window_steps * config.batch_size / elapsed,
-                      train_step_s=elapsed / window_steps)
-      writer.write(step, record)
-      if is_main and window_steps:
+      record.update(timer.scalars())  # the steps since the last log line, warm-up left out
+      run.writer.write(step, record)
+      if is_main and timer.steps:
         print(metric_logging.progress_line(
-            step, total_steps, steps_per_epoch, scalars, record['train_images_per_s'],
-            (total_steps - step) * record['train_step_s']), flush=True)
-      window_start, window_steps = time.time(), 0
-    evaluated = step % config.eval_every_steps == 0 or last
+            step, run.total_steps, run.steps_per_epoch, scalars, record['train_images_per_s'],
+            record['train_data_wait_share'],
+            (run.total_steps - step) * record['train_step_s']), flush=True)
+      timer.restart()
+    evaluated = _due(step, config.eval_every_steps, last)
     if evaluated:
       eval_result = run_eval(step)
-    saved = step % config.checkpoint_every_steps == 0 or last or evaluated
+    saved = evaluated or _due(step, config.checkpoint_every_steps, last)
     if saved:
       save(step, eval_result if evaluated else None)
-    if evaluated or saved:  # the throughput and step time count training steps only
-      window_start, window_steps = time.time(), 0
+      timer.restart()  # the throughput and step time count training steps only
+    if run.profiler.after_step(step, metrics):
+      timer.restart()  # nor the writing of the trace
     if watch.reached(step):
       if not saved:
         save(step)
-      manager.wait_until_finished()
-      manager.close()
-      writer.close()
-      _stopped(step, manager, is_main, started=True)
-  if start_step >= total_steps:
-    eval_result = run_eval(start_step)
-  manager.wait_until_finished()
-  manager.close()
-  writer.close()
-  if is_main:
-    print(f'curves: {metric_logging.plot_curves(workdir)}', flush=True)
+      run.manager.wait_until_finished()  # saved before the line says so
+      _stopped(step, run.manager, is_main, started=True)
+  if run.start_step >= run.total_steps:
+    eval_result = run_eval(run.start_step)
   return eval_result

@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from absl import logging
 from etils import epath
@@ -161,11 +161,54 @@ def format_duration(seconds: float) -> str:
 
 def progress_line(step: int, total_steps: int, steps_per_epoch: float,
                   scalars: Mapping[str, float], images_per_second: float,
-                  eta_seconds: float) -> str:
-  """One console line: step, epoch, loss, accuracy, throughput and ETA."""
+                  data_wait_share: float, eta_seconds: float) -> str:
+  """One console line: step, epoch, loss, accuracy, throughput, data wait and ETA."""
   return (f'step {step}/{total_steps} | epoch {step / steps_per_epoch:.2f} | '
           f"loss {scalars['loss']:.4f} | top1 {scalars['top1']:.3f} | "
-          f'{images_per_second:,.0f} img/s | ETA {format_duration(eta_seconds)}')
+          f'{images_per_second:,.0f} img/s | waiting for data {data_wait_share:.0%} | '
+          f'ETA {format_duration(eta_seconds)}')
+
+
+class StepTimer:
+  """The throughput window: training steps since the last `restart`, and their wall time.
+
+  Also the share of that time the loop spent blocked on the next batch, which
+  tells an input-bound run (a high share) from a compute-bound one.
+  """
+
+  def __init__(self, batch_size: int, clock: Callable[[], float] = time.perf_counter):
+    self.batch_size = batch_size
+    self._clock = clock
+    self.restart()
+
+  def restart(self) -> None:
+    """Opens a new window, now (evaluations and saves stay out of the throughput)."""
+    self._start = self._clock()
+    self._waited = 0.0
+    self.steps = 0
+
+  def elapsed(self) -> float:
+    """Seconds since the window opened."""
+    return self._clock() - self._start
+
+  def next_batch(self, batches: Iterator[Any]) -> Any:
+    """`next(batches)`, its waiting counted against the window."""
+    start = self._clock()
+    batch = next(batches)
+    self._waited += self._clock() - start
+    return batch
+
+  def count_step(self) -> None:
+    self.steps += 1
+
+  def scalars(self) -> dict[str, float]:
+    """Images/s, seconds per step and the data-wait share of the window; {} without steps."""
+    if not self.steps:
+      return {}
+    elapsed = max(self.elapsed(), 1e-9)
+    return {'train_images_per_s': self.steps * self.batch_size / elapsed,
+            'train_step_s': elapsed / self.steps,
+            'train_data_wait_share': min(self._waited / elapsed, 1.0)}
 
 
 PROGRESS_EVERY_S = 10.0  # between progress lines of long evaluations and predictions
