@@ -86,7 +86,7 @@ def check_splits(config: ml_collections.ConfigDict, info: DatasetInfo,
           f"split '{split}' of {where} has no examples; point the config at a split "
           '(config.train_split / config.eval_split) that holds some.')
     if config.dataset == IMAGE_FOLDER:
-      image_folder.share(image_folder.root(config), split, *_process(None, None), config.on_bad_image)
+      _share(config, split, *_process(None, None))
 
 
 def create_train_iterator(config: ml_collections.ConfigDict, mesh: Mesh,
@@ -210,7 +210,7 @@ def _share(config: ml_collections.ConfigDict, split: str, process_index: int,
   """The undecoded examples of `split` that process `process_index` reads."""
   if config.dataset == IMAGE_FOLDER:
     return image_folder.share(image_folder.root(config), split, process_index, process_count,
-                              config.on_bad_image)
+                              config.on_bad_image, config.max_image_pixels)
   return tfds_source.share(config, split, process_index, process_count)
 
 
