@@ -18,6 +18,8 @@ each implementation of each case also runs once more in a fresh process of its
 own, which gives its peak resident memory (the process's maximum, compilation
 included, nothing else loaded) and its start-up time: from launching Python to
 the first step's result (imports, parameter initialization, compilation, one step).
+
+With `--input-pipeline` it times the input pipeline instead (`run_input_benchmark`).
 """
 
 import argparse
@@ -31,6 +33,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -39,6 +42,7 @@ import jax.numpy as jnp
 
 from inception_jax import config as config_lib
 from inception_jax import host_memory, sharding, xla_options
+from inception_jax.data import photo_folder, pipeline, throughput
 from inception_jax.model import googlenet, summary
 from inception_jax.model import ops as ops_lib
 from inception_jax.training import steps
@@ -406,6 +410,8 @@ def _optional(row: dict[str, Any], key: str, spec: str) -> str:
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   """Runs every case of `args` and returns the report (also written as .md and .json)."""
+  if args.input_pipeline:
+    return run_input_benchmark(args)
   cases = parse_cases(args.cases, args.models.split(','), args.dtypes.split(','))
   ops_sets = args.ops.split(',')
   for ops in ops_sets:
@@ -453,3 +459,92 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   print(markdown)
   print(f"wrote {output.with_suffix('.md')} and {output.with_suffix('.json')}")
   return report
+
+
+def run_input_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+  """Images/s of training and evaluation preprocessing (`throughput`), written as .md and .json.
+
+  Without `args.image_folder`, times a folder of `args.num_images` photo-like JPEGs
+  (`photo_folder`) written to a temporary directory.
+  """
+  pipeline.hide_gpus_from_tensorflow()
+  if args.compare == 'torchvision':
+    _import_torch()
+  with tempfile.TemporaryDirectory() as scratch:
+    root = args.image_folder or photo_folder.write_photo_folder(scratch, args.num_images)
+    config = config_lib.get_base_config()
+    config.update(dict(dataset='image_folder', image_folder=root, train_split='train',
+                       eval_split='train', image_size=args.image_size,
+                       batch_size=args.batch_size, eval_batch_size=args.batch_size))
+    paths = throughput.image_paths(config, 'train')
+    warmup = 2
+    batches = len(paths) // args.batch_size - warmup
+    if batches < 1:
+      raise config_lib.UserError(
+          f'{root}/train holds {len(paths)} images, too few for {warmup + 1} batches of '
+          f'{args.batch_size}; give a larger folder or a smaller --batch-size.')
+    timings = {f'ours {kind}': _stream_timing(throughput.ours(config, kind), warmup, batches)
+               for kind in ('train', 'eval')}
+    if args.compare == 'torchvision':
+      timings.update({f'torchvision {kind}': _stream_timing(
+          throughput.torchvision_loader(config, kind, threads()), warmup, batches)
+                      for kind in ('train', 'eval')})
+    pil_run = throughput.pil_bound(paths[:warmup * args.batch_size], args.image_size)
+    timings['PIL per core'] = lambda: pil_run() / _seconds(pil_run)
+    rates = throughput.time_interleaved(timings, args.repeats)
+  report = dict(date=datetime.date.today().isoformat(), device=cpu_model(), threads=threads(),
+                command=' '.join(['python -m inception_jax', *sys.argv[1:]]),
+                image_folder=args.image_folder or f'generated: {args.num_images} photo-like '
+                'JPEGs (inception_jax/data/photo_folder.py)',
+                num_images=len(paths), image_size=args.image_size, batch_size=args.batch_size,
+                timed_batches=batches, rounds=args.repeats,
+                rates={name: throughput.summary(r) for name, r in rates.items()},
+                per_round=rates)
+  for kind in ('train', 'eval'):
+    report[f'{kind}_images_per_s'] = report['rates'][f'ours {kind}']['median']
+  pil = report['rates']['PIL per core']['median']
+  report['pil_bound_images_per_s'] = pil * threads()
+  if args.compare == 'torchvision':
+    report['torchvision'] = {f'{kind}_images_per_s': report['rates'][f'torchvision {kind}']
+                             ['median'] for kind in ('train', 'eval')}
+    report['ratios'] = {kind: statistics.median(
+        o / t for o, t in zip(rates[f'ours {kind}'], rates[f'torchvision {kind}']))
+                        for kind in ('train', 'eval')}
+  output = pathlib.Path(args.output)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  markdown = format_input_markdown(report)
+  output.with_suffix('.md').write_text(markdown + '\n')
+  output.with_suffix('.json').write_text(json.dumps(report, indent=1) + '\n')
+  print(markdown)
+  print(f"wrote {output.with_suffix('.md')} and {output.with_suffix('.json')}")
+  return report
+
+
+def _stream_timing(start: Callable[[], Any], warmup: int, batches: int) -> Callable[[], float]:
+  return lambda: throughput.time_stream(start, warmup, batches)
+
+
+def _seconds(run: Callable[[], Any]) -> float:
+  """Wall seconds of one call of `run`."""
+  begin = time.perf_counter()
+  run()
+  return time.perf_counter() - begin
+
+
+def format_input_markdown(report: dict[str, Any]) -> str:
+  """The input-pipeline report as Markdown: a header line and one row per stream."""
+  lines = [f"Input pipeline, {report['date']}, {report['device']}, {report['threads']} "
+           f"threads; {report['image_folder']}; {report['image_size']} px, batch "
+           f"{report['batch_size']}, {report['timed_batches']} batches timed per round, "
+           f"{report['rounds']} interleaved rounds. `{report['command']}`", '',
+           '| stream | images/s median (min–max) |', '|---|---:|']
+  lines += [f"| {name} | {r['median']:.0f} ({r['min']:.0f}–{r['max']:.0f}) |"
+            for name, r in report['rates'].items()]
+  lines += ['', f"PIL bound (per-core median × {report['threads']} threads): "
+            f"{report['pil_bound_images_per_s']:.0f} images/s; ours / bound: train "
+            f"{report['train_images_per_s'] / report['pil_bound_images_per_s']:.2f}, eval "
+            f"{report['eval_images_per_s'] / report['pil_bound_images_per_s']:.2f}."]
+  if 'ratios' in report:
+    lines.append(f"Ours / torchvision (median of per-round ratios): train "
+                 f"{report['ratios']['train']:.2f}×, eval {report['ratios']['eval']:.2f}×.")
+  return '\n'.join(lines)
