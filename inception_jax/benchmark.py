@@ -25,6 +25,7 @@ With `--input-pipeline` it times the input pipeline instead (`run_input_benchmar
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import pathlib
@@ -42,7 +43,6 @@ import jax.numpy as jnp
 
 from inception_jax import config as config_lib
 from inception_jax import host_memory, sharding, xla_options
-from inception_jax.data import photo_folder, pipeline, throughput
 from inception_jax.model import googlenet, summary
 from inception_jax.model import ops as ops_lib
 from inception_jax.training import steps
@@ -467,6 +467,10 @@ def run_input_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   Without `args.image_folder`, times a folder of `args.num_images` photo-like JPEGs
   (`photo_folder`) written to a temporary directory.
   """
+  # Imported here: they load TensorFlow, which the model benchmark does without and
+  # which must come after torch (see cli.main).
+  # pylint: disable-next=import-outside-toplevel
+  from inception_jax.data import photo_folder, pipeline, throughput
   pipeline.hide_gpus_from_tensorflow()
   if args.compare == 'torchvision':
     _import_torch()
@@ -483,33 +487,39 @@ def run_input_benchmark(args: argparse.Namespace) -> dict[str, Any]:
       raise config_lib.UserError(
           f'{root}/train holds {len(paths)} images, too few for {warmup + 1} batches of '
           f'{args.batch_size}; give a larger folder or a smaller --batch-size.')
-    timings = {f'ours {kind}': _stream_timing(throughput.ours(config, kind), warmup, batches)
-               for kind in ('train', 'eval')}
+    starters = {f'ours {kind}': throughput.ours(config, kind) for kind in ('train', 'eval')}
     if args.compare == 'torchvision':
-      timings.update({f'torchvision {kind}': _stream_timing(
-          throughput.torchvision_loader(config, kind, threads()), warmup, batches)
-                      for kind in ('train', 'eval')})
-    pil_run = throughput.pil_bound(paths[:warmup * args.batch_size], args.image_size)
-    timings['PIL per core'] = lambda: pil_run() / _seconds(pil_run)
-    rates = throughput.time_interleaved(timings, args.repeats)
+      starters.update({f'torchvision {kind}': throughput.torchvision_loader(
+          config, kind, threads()) for kind in ('train', 'eval')})
+    timings = {name: functools.partial(throughput.time_stream, start, warmup, batches)
+               for name, start in starters.items()}
+    timings['PIL per core'] = throughput.pil_bound(paths[:warmup * args.batch_size],
+                                                   args.image_size)
+    results = throughput.time_interleaved(timings, args.repeats)
+  rates = {name: [wall for wall, _ in r] for name, r in results.items()}
+  per_cpu_s = {name: [cpu for _, cpu in r] for name, r in results.items()}
   report = dict(date=datetime.date.today().isoformat(), device=cpu_model(), threads=threads(),
+                load_average=os.getloadavg()[0],
                 command=' '.join(['python -m inception_jax', *sys.argv[1:]]),
                 image_folder=args.image_folder or f'generated: {args.num_images} photo-like '
                 'JPEGs (inception_jax/data/photo_folder.py)',
                 num_images=len(paths), image_size=args.image_size, batch_size=args.batch_size,
                 timed_batches=batches, rounds=args.repeats,
-                rates={name: throughput.summary(r) for name, r in rates.items()},
-                per_round=rates)
+                images_per_s={name: throughput.summary(r) for name, r in rates.items()},
+                images_per_cpu_s={name: throughput.summary(r) for name, r in per_cpu_s.items()},
+                per_round=dict(images_per_s=rates, images_per_cpu_s=per_cpu_s))
   for kind in ('train', 'eval'):
-    report[f'{kind}_images_per_s'] = report['rates'][f'ours {kind}']['median']
-  pil = report['rates']['PIL per core']['median']
-  report['pil_bound_images_per_s'] = pil * threads()
+    report[f'{kind}_images_per_s'] = report['images_per_s'][f'ours {kind}']['median']
+  # One process of PIL: its rate per CPU-second is one free core's, whatever the load.
+  report['pil_bound_images_per_s'] = (
+      report['images_per_cpu_s']['PIL per core']['median'] * threads())
   if args.compare == 'torchvision':
-    report['torchvision'] = {f'{kind}_images_per_s': report['rates'][f'torchvision {kind}']
-                             ['median'] for kind in ('train', 'eval')}
-    report['ratios'] = {kind: statistics.median(
-        o / t for o, t in zip(rates[f'ours {kind}'], rates[f'torchvision {kind}']))
-                        for kind in ('train', 'eval')}
+    report['torchvision'] = {f'{kind}_images_per_s': report['images_per_s'][
+        f'torchvision {kind}']['median'] for kind in ('train', 'eval')}
+    report['ratios'] = {f'{kind}{unit}': statistics.median(
+        o / t for o, t in zip(series[f'ours {kind}'], series[f'torchvision {kind}']))
+                        for kind in ('train', 'eval')
+                        for unit, series in (('', rates), ('_per_cpu_s', per_cpu_s))}
   output = pathlib.Path(args.output)
   output.parent.mkdir(parents=True, exist_ok=True)
   markdown = format_input_markdown(report)
@@ -520,31 +530,26 @@ def run_input_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   return report
 
 
-def _stream_timing(start: Callable[[], Any], warmup: int, batches: int) -> Callable[[], float]:
-  return lambda: throughput.time_stream(start, warmup, batches)
-
-
-def _seconds(run: Callable[[], Any]) -> float:
-  """Wall seconds of one call of `run`."""
-  begin = time.perf_counter()
-  run()
-  return time.perf_counter() - begin
-
-
 def format_input_markdown(report: dict[str, Any]) -> str:
   """The input-pipeline report as Markdown: a header line and one row per stream."""
   lines = [f"Input pipeline, {report['date']}, {report['device']}, {report['threads']} "
-           f"threads; {report['image_folder']}; {report['image_size']} px, batch "
+           f"threads (load average {report['load_average']:.1f} at the end); "
+           f"{report['image_folder']}; {report['image_size']} px, batch "
            f"{report['batch_size']}, {report['timed_batches']} batches timed per round, "
            f"{report['rounds']} interleaved rounds. `{report['command']}`", '',
-           '| stream | images/s median (min–max) |', '|---|---:|']
-  lines += [f"| {name} | {r['median']:.0f} ({r['min']:.0f}–{r['max']:.0f}) |"
-            for name, r in report['rates'].items()]
-  lines += ['', f"PIL bound (per-core median × {report['threads']} threads): "
-            f"{report['pil_bound_images_per_s']:.0f} images/s; ours / bound: train "
-            f"{report['train_images_per_s'] / report['pil_bound_images_per_s']:.2f}, eval "
-            f"{report['eval_images_per_s'] / report['pil_bound_images_per_s']:.2f}."]
+           '| stream | images/s median (min–max) | images per CPU-second median (min–max) |',
+           '|---|---:|---:|']
+  for name, wall in report['images_per_s'].items():
+    cpu = report['images_per_cpu_s'][name]
+    lines.append(f"| {name} | {wall['median']:.0f} ({wall['min']:.0f}–{wall['max']:.0f}) | "
+                 f"{cpu['median']:.0f} ({cpu['min']:.0f}–{cpu['max']:.0f}) |")
+  bound = report['pil_bound_images_per_s']
+  lines += ['', f"PIL bound (per CPU-second × {report['threads']} threads): {bound:.0f} "
+            f"images/s; ours / bound: train {report['train_images_per_s'] / bound:.2f}, "
+            f"eval {report['eval_images_per_s'] / bound:.2f}."]
   if 'ratios' in report:
-    lines.append(f"Ours / torchvision (median of per-round ratios): train "
-                 f"{report['ratios']['train']:.2f}×, eval {report['ratios']['eval']:.2f}×.")
+    r = report['ratios']
+    lines.append(f"Ours / torchvision (median of per-round ratios): images/s train "
+                 f"{r['train']:.2f}×, eval {r['eval']:.2f}×; per CPU-second train "
+                 f"{r['train_per_cpu_s']:.2f}×, eval {r['eval_per_cpu_s']:.2f}×.")
   return '\n'.join(lines)

@@ -18,6 +18,7 @@ seeds are used but parallel maps may reorder examples.
 
 import dataclasses
 import math
+import os
 from typing import Iterator, Mapping, Sequence
 
 import jax
@@ -256,9 +257,16 @@ def _seed(seed: int, stream: int, index: tf.Tensor) -> tf.Tensor:
 
 
 def _options(deterministic: bool) -> tf.data.Options:
-  """tf.data options: deterministic order, or faster parallel map in any order."""
+  """tf.data options: deterministic order, or faster parallel map in any order.
+
+  As the TPU input pipelines set them: a thread pool of the pipeline's own, one thread
+  per core this process may use, and one thread per op, so that parallelism comes from
+  decoding many images at once rather than from splitting one image's ops.
+  """
   options = tf.data.Options()
   options.deterministic = deterministic
+  options.threading.private_threadpool_size = len(os.sched_getaffinity(0))
+  options.threading.max_intra_op_parallelism = 1
   return options
 
 

@@ -193,20 +193,32 @@ def eval_side(image_size: int, resize_ratio: float) -> int:
   return side
 
 
-def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-  """The centred `size` x `size` crop of an image at least that large."""
-  shape = tf.shape(image)
-  box = tf.stack([(shape[0] - size) // 2, (shape[1] - size) // 2, size, size])
-  cropped = crop_to_box(image, box)
-  cropped.set_shape([size, size, image.shape[-1]])
-  return cropped
+def eval_center_box(height: tf.Tensor, width: tf.Tensor, image_size: int,
+                    resize_ratio: float) -> tf.Tensor:
+  """The evaluation crop's box in a `height` x `width` image.
+
+  Evaluation resizes the shorter side to `eval_side` and takes the centred
+  `image_size` square: in the image's own pixels, that is the centred square of
+  `image_size / eval_side` of the shorter side.
+  """
+  shorter = tf.cast(tf.minimum(height, width), tf.float64)
+  side = tf.cast(tf.round(shorter * image_size / eval_side(image_size, resize_ratio)),
+                 tf.int32)
+  side = tf.clip_by_value(side, 1, tf.minimum(height, width))
+  return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
 
 
-def resize_and_center_crop(image: tf.Tensor, image_size: int,
-                           resize_ratio: float) -> tf.Tensor:
-  """The evaluation crop: resize the shorter side to `eval_side`, take the centre."""
-  side = eval_side(image_size, resize_ratio)
-  return center_crop(resize_shorter_side(image, side), image_size)
+def decode_center_crop(image_bytes: tf.Tensor, image_size: int,
+                       resize_ratio: float) -> tf.Tensor:
+  """The evaluation crop: `eval_center_box` resized to `image_size`; float32 in 0..255.
+
+  Cropping before resizing spares resizing (and, for JPEGs, decoding) the pixels the
+  crop drops; it differs from resizing the whole image first only in how the crop's
+  edge pixels are filtered.
+  """
+  image = decode_and_crop(image_bytes, lambda height, width: eval_center_box(
+      height, width, image_size, resize_ratio))
+  return resize(image, image_size)
 
 
 def corner_and_center_boxes(height: tf.Tensor, width: tf.Tensor, size: int) -> tf.Tensor:
@@ -364,8 +376,7 @@ class TrainPreprocess:
     crop_seed, resize_seed, flip_seed, color_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 4))
     if self.crop == 'center':
-      image = resize_and_center_crop(decode_rgb(image_bytes), self.image_size,
-                                     self.eval_resize_ratio)
+      image = decode_center_crop(image_bytes, self.image_size, self.eval_resize_ratio)
     else:
       image = self._inception_crop(image_bytes, crop_seed, resize_seed)
     if self.random_flip:
@@ -389,7 +400,7 @@ class TrainPreprocess:
 class EvalPreprocess:
   """Evaluation preprocessing: encoded image -> float32 `output_shape`.
 
-  `crops=1`: `resize_and_center_crop`; `crops=10`: `ten_crop`; `crops=144`:
+  `crops=1`: `decode_center_crop`; `crops=10`: `ten_crop`; `crops=144`:
   `multi_scale_crop`. All are normalized.
   """
   image_size: int
@@ -412,11 +423,10 @@ class EvalPreprocess:
     return image_shape if self.crops == 1 else (self.crops, *image_shape)
 
   def __call__(self, image_bytes: tf.Tensor) -> tf.Tensor:
-    image = decode_rgb(image_bytes)
-    if self.crops == 10:
-      image = ten_crop(image, self.image_size, self.resize_ratio).images
-    elif self.crops == 144:
-      image = multi_scale_crop(image, self.image_size).images
+    if self.crops == 1:
+      image = decode_center_crop(image_bytes, self.image_size, self.resize_ratio)
+    elif self.crops == 10:
+      image = ten_crop(decode_rgb(image_bytes), self.image_size, self.resize_ratio).images
     else:
-      image = resize_and_center_crop(image, self.image_size, self.resize_ratio)
+      image = multi_scale_crop(decode_rgb(image_bytes), self.image_size).images
     return normalize(image, self.mean_rgb, self.std_rgb)

@@ -2,12 +2,14 @@
 
 Each measured stream (this project's training and evaluation batches as device arrays;
 torchvision's ImageFolder + DataLoader with its usual transforms) is started afresh,
-`warmup` batches are taken untimed, and the next `batches` are timed. The streams are
-timed in interleaved rounds, the order rotating, so that load from others on a shared
-machine hits all of them alike: compare ratios within one run. The per-core bound of
-PIL (draft decode + crop + resize to uint8, one process) is timed in the same rounds.
+`warmup` batches are taken untimed, and the next `batches` are timed, in wall time and
+in CPU time (that of the stream's threads and worker processes). The streams are timed
+in interleaved rounds, the order rotating, so that load from others on a shared machine
+hits all of them alike: compare ratios within one run. The per-core bound of PIL (draft
+decode + crop + resize to uint8, one process) is timed in the same rounds.
 """
 
+import glob
 import os
 import statistics
 import time
@@ -64,14 +66,17 @@ def torchvision_loader(config: ml_collections.ConfigDict, kind: str,
   return start
 
 
-def pil_bound(paths: list[str], size: int, seed: int = 0) -> Callable[[], int]:
+def pil_bound(paths: list[str], size: int,
+              seed: int = 0) -> Callable[[], tuple[float, float]]:
   """One core's floor of JPEG preprocessing: PIL draft decode + random crop + resize, uint8.
 
-  The returned function handles every path once and returns how many it handled.
+  The returned function handles every path once and returns (images/s, images per
+  CPU-second).
   """
   rng = np.random.default_rng(seed)
 
-  def run() -> int:
+  def run() -> tuple[float, float]:
+    begin, begin_cpu = time.perf_counter(), time.process_time()
     for path in paths:
       with Image.open(path) as image:
         image.draft('RGB', (size, size))  # DCT-scaled decoding where the size allows
@@ -80,22 +85,44 @@ def pil_bound(paths: list[str], size: int, seed: int = 0) -> Callable[[], int]:
         x, y = rng.integers(0, width - side + 1), rng.integers(0, height - side + 1)
         np.asarray(image.convert('RGB').resize((size, size), Image.BILINEAR,
                                                box=(x, y, x + side, y + side)))
-    return len(paths)
+    return (len(paths) / (time.perf_counter() - begin),
+            len(paths) / (time.process_time() - begin_cpu))
   return run
 
 
-def time_stream(start: Callable[[], Iterator[Any]], warmup: int, batches: int) -> float:
-  """Images/s of `batches` batches of a freshly started stream, after `warmup` untimed."""
+def time_stream(start: Callable[[], Iterator[Any]], warmup: int,
+                batches: int) -> tuple[float, float]:
+  """(images/s, images per CPU-second) of `batches` batches of a freshly started stream.
+
+  `warmup` batches are taken untimed first. CPU time counts this process's threads and
+  its child processes (DataLoader workers): per CPU-second, the rate does not depend on
+  how many cores others leave free on a shared machine.
+  """
   stream = start()
   for _ in range(warmup):
     _ready(next(stream))
-  begin = time.perf_counter()
+  begin, begin_cpu = time.perf_counter(), cpu_seconds()
   images = 0
   for _ in range(batches):
     images += _ready(next(stream))
-  elapsed = time.perf_counter() - begin
+  elapsed, cpu = time.perf_counter() - begin, cpu_seconds() - begin_cpu
   del stream  # stops its background work before the next stream is timed
-  return images / elapsed
+  return images / elapsed, images / cpu
+
+
+def cpu_seconds() -> float:
+  """CPU seconds used so far by this process and its live child processes (Linux)."""
+  total = time.process_time()
+  tick = os.sysconf('SC_CLK_TCK')
+  for children in glob.glob(f'/proc/{os.getpid()}/task/*/children'):
+    for pid in open(children).read().split():
+      try:
+        with open(f'/proc/{pid}/stat') as f:
+          fields = f.read().rsplit(')', 1)[1].split()
+      except OSError:  # exited since the listing
+        continue
+      total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+  return total
 
 
 def _ready(batch: Any) -> int:
@@ -106,9 +133,9 @@ def _ready(batch: Any) -> int:
   return images.shape[0]
 
 
-def time_interleaved(streams: dict[str, Callable[[], float]], rounds: int
-                     ) -> dict[str, list[float]]:
-  """Runs each timing once per round, the order rotating; {name: [images/s per round]}."""
+def time_interleaved(streams: dict[str, Callable[[], tuple[float, float]]], rounds: int
+                     ) -> dict[str, list[tuple[float, float]]]:
+  """Runs each timing once per round, the order rotating; {name: [its result per round]}."""
   names = list(streams)
   rates = {name: [] for name in names}
   for round_index in range(rounds):
@@ -119,7 +146,7 @@ def time_interleaved(streams: dict[str, Callable[[], float]], rounds: int
 
 
 def summary(rates: list[float]) -> dict[str, float]:
-  """Median and range of per-round images/s."""
+  """Median and range of per-round rates."""
   return dict(median=statistics.median(rates), min=min(rates), max=max(rates))
 
 
