@@ -18,11 +18,14 @@ each implementation of each case also runs once more in a fresh process of its
 own, which gives its peak resident memory (the process's maximum, compilation
 included, nothing else loaded) and its start-up time: from launching Python to
 the first step's result (imports, parameter initialization, compilation, one step).
+
+With `--input-pipeline` it times the input pipeline instead (`run_input_benchmark`).
 """
 
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import pathlib
@@ -31,6 +34,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -408,6 +412,8 @@ def _optional(row: dict[str, Any], key: str, spec: str) -> str:
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   """Runs every case of `args` and returns the report (also written as .md and .json)."""
+  if args.input_pipeline:
+    return run_input_benchmark(args)
   cases = parse_cases(args.cases, args.models.split(','), args.dtypes.split(','))
   ops_sets = args.ops.split(',')
   for ops in ops_sets:
@@ -455,3 +461,99 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
   print(markdown)
   print(f"wrote {output.with_suffix('.md')} and {output.with_suffix('.json')}")
   return report
+
+
+def run_input_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+  """Images/s of training and evaluation preprocessing (`throughput`), written as .md and .json.
+
+  Without `args.image_folder`, times a folder of `args.num_images` photo-like JPEGs
+  (`photo_folder`) written to a temporary directory.
+  """
+  # Imported here: they load TensorFlow, which the model benchmark does without and
+  # which must come after torch (see cli.main).
+  # pylint: disable-next=import-outside-toplevel
+  from inception_jax.data import photo_folder, pipeline, throughput
+  pipeline.hide_gpus_from_tensorflow()
+  if args.compare == 'torchvision':
+    _import_torch()
+  with tempfile.TemporaryDirectory() as scratch:
+    root = args.image_folder or photo_folder.write_photo_folder(scratch, args.num_images)
+    config = config_lib.get_base_config()
+    config.update(dict(dataset='image_folder', image_folder=root, train_split='train',
+                       eval_split='train', image_size=args.image_size,
+                       batch_size=args.batch_size, eval_batch_size=args.batch_size))
+    paths = throughput.image_paths(config, 'train')
+    warmup = 2
+    batches = len(paths) // args.batch_size - warmup
+    if batches < 1:
+      raise errors.UserError(
+          f'{root}/train holds {len(paths)} images, too few for {warmup + 1} batches of '
+          f'{args.batch_size}; give a larger folder or a smaller --batch-size.')
+    starters = {f'ours {kind}': throughput.ours(config, kind) for kind in ('train', 'eval')}
+    if args.compare == 'torchvision':
+      starters.update({f'torchvision {kind}': throughput.torchvision_loader(
+          config, kind, threads()) for kind in ('train', 'eval')})
+    timings = {name: functools.partial(throughput.time_stream, start, warmup, batches)
+               for name, start in starters.items()}
+    timings['PIL per core'] = throughput.pil_bound(paths[:warmup * args.batch_size],
+                                                   args.image_size)
+    results = throughput.time_interleaved(timings, args.repeats)
+  rates = {name: [wall for wall, _ in r] for name, r in results.items()}
+  per_cpu_s = {name: [cpu for _, cpu in r] for name, r in results.items()}
+  report = dict(date=datetime.date.today().isoformat(), device=cpu_model(), threads=threads(),
+                load_average=os.getloadavg()[0],
+                command=' '.join(['python -m inception_jax', *sys.argv[1:]]),
+                image_folder=args.image_folder or f'generated: {args.num_images} photo-like '
+                'JPEGs (inception_jax/data/photo_folder.py)',
+                num_images=len(paths), image_size=args.image_size, batch_size=args.batch_size,
+                timed_batches=batches, rounds=args.repeats,
+                images_per_s={name: throughput.summary(r) for name, r in rates.items()},
+                images_per_cpu_s={name: throughput.summary(r) for name, r in per_cpu_s.items()},
+                per_round=dict(images_per_s=rates, images_per_cpu_s=per_cpu_s))
+  for kind in ('train', 'eval'):
+    report[f'{kind}_images_per_s'] = report['images_per_s'][f'ours {kind}']['median']
+  # One process of PIL: per CPU-second, one free core's rate, whatever the load.
+  pil = report['images_per_cpu_s']['PIL per core']['median']
+  report['pil_bound_images_per_s'] = pil * threads()
+  report['of_pil_bound'] = {kind: report['images_per_cpu_s'][f'ours {kind}']['median'] / pil
+                            for kind in ('train', 'eval')}
+  if args.compare == 'torchvision':
+    report['torchvision'] = {f'{kind}_images_per_s': report['images_per_s'][
+        f'torchvision {kind}']['median'] for kind in ('train', 'eval')}
+    report['ratios'] = {f'{kind}{unit}': statistics.median(
+        o / t for o, t in zip(series[f'ours {kind}'], series[f'torchvision {kind}']))
+                        for kind in ('train', 'eval')
+                        for unit, series in (('', rates), ('_per_cpu_s', per_cpu_s))}
+  output = pathlib.Path(args.output)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  markdown = format_input_markdown(report)
+  output.with_suffix('.md').write_text(markdown + '\n')
+  output.with_suffix('.json').write_text(json.dumps(report, indent=1) + '\n')
+  print(markdown)
+  print(f"wrote {output.with_suffix('.md')} and {output.with_suffix('.json')}")
+  return report
+
+
+def format_input_markdown(report: dict[str, Any]) -> str:
+  """The input-pipeline report as Markdown: a header line and one row per stream."""
+  lines = [f"Input pipeline, {report['date']}, {report['device']}, {report['threads']} "
+           f"threads (load average {report['load_average']:.1f} at the end); "
+           f"{report['image_folder']}; {report['image_size']} px, batch "
+           f"{report['batch_size']}, {report['timed_batches']} batches timed per round, "
+           f"{report['rounds']} interleaved rounds. `{report['command']}`", '',
+           '| stream | images/s median (min–max) | images per CPU-second median (min–max) |',
+           '|---|---:|---:|']
+  for name, wall in report['images_per_s'].items():
+    cpu = report['images_per_cpu_s'][name]
+    lines.append(f"| {name} | {wall['median']:.0f} ({wall['min']:.0f}–{wall['max']:.0f}) | "
+                 f"{cpu['median']:.0f} ({cpu['min']:.0f}–{cpu['max']:.0f}) |")
+  bound = report['of_pil_bound']
+  lines += ['', f"PIL bound (its images per CPU-second × {report['threads']} threads): "
+            f"{report['pil_bound_images_per_s']:.0f} images/s; ours per CPU-second over "
+            f"PIL's: train {bound['train']:.2f}, eval {bound['eval']:.2f}."]
+  if 'ratios' in report:
+    r = report['ratios']
+    lines.append(f"Ours / torchvision (median of per-round ratios): images/s train "
+                 f"{r['train']:.2f}×, eval {r['eval']:.2f}×; per CPU-second train "
+                 f"{r['train_per_cpu_s']:.2f}×, eval {r['eval_per_cpu_s']:.2f}×.")
+  return '\n'.join(lines)

@@ -172,6 +172,17 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
                  help='compile with XLA backend optimizations off (smoke tests only)')
   p.add_argument('--output', default='workdirs/benchmark',
                  help='writes OUTPUT.md and OUTPUT.json')
+  p.add_argument('--input-pipeline', action='store_true',
+                 help='time the input pipeline instead: images/s of training and evaluation '
+                 'preprocessing as the step receives them (with --compare torchvision, '
+                 "beside torchvision's DataLoader); --repeats rounds")
+  p.add_argument('--image-folder', default='',
+                 help='--input-pipeline: a folder with a train/<class>/<image> split '
+                 '(default: generated photo-like JPEGs)')
+  p.add_argument('--num-images', type=int, default=1024,
+                 help='--input-pipeline: how many JPEGs to generate without --image-folder')
+  p.add_argument('--image-size', type=int, default=224, help='--input-pipeline: crop size')
+  p.add_argument('--batch-size', type=int, default=64, help='--input-pipeline: batch size')
   p.set_defaults(run=_run('benchmark', 'run_benchmark'))
 
 

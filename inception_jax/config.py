@@ -74,6 +74,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.shuffle_buffer = 16_384
   config.deterministic_data = False  # training stream a pure function of (seed, step)
   config.on_bad_image = 'skip'  # 'skip' (count and log) or 'fail' (refuse at start)
+  # Images whose header declares more pixels are bad images, refused before decoding:
+  # PIL's decompression-bomb warning bound: ~256 MiB per decode as RGB, per parallel decode.
+  config.max_image_pixels = 89_478_485
   config.mean_rgb = (123.675, 116.28, 103.53)  # on the 0..255 scale
   config.std_rgb = (58.395, 57.12, 57.375)
   config.crop = 'inception'  # 'inception' (random area/aspect crop) or 'center'

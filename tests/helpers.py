@@ -2,6 +2,8 @@
 
 import math
 import pathlib
+import struct
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -43,3 +45,27 @@ def convert_cli(*argv: str) -> None:
   """`python -m inception_jax convert ...`, in this process."""
   args = cli.build_parser().parse_args(['convert', *argv])
   args.run(args)
+
+
+def write_png_bomb(path, side: int = 20000, rows_per_piece: int = 100) -> str:
+  """A valid `side` x `side` grayscale PNG of zeros in a few hundred KB: a decompression bomb.
+
+  Its zlib stream repeats one deflate piece (100 zero rows, ended by a full flush, so it
+  is self-contained) instead of compressing side² bytes.
+  """
+  assert side % rows_per_piece == 0
+  compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate
+  piece = (compressor.compress(bytes((side + 1) * rows_per_piece))
+           + compressor.flush(zlib.Z_FULL_FLUSH))
+  adler32 = ((side + 1) * side % 65521) << 16 | 1  # of all-zero data
+  stream = (b'\x78\xda' + piece * (side // rows_per_piece) + b'\x03\x00'  # final empty block
+            + struct.pack('>I', adler32))
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack('>I', len(data)) + kind + data
+            + struct.pack('>I', zlib.crc32(kind + data)))
+
+  header = struct.pack('>IIBBBBB', side, side, 8, 0, 0, 0, 0)  # 8-bit grayscale
+  pathlib.Path(path).write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header)
+                                 + chunk(b'IDAT', stream) + chunk(b'IEND', b''))
+  return str(path)

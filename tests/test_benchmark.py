@@ -62,6 +62,25 @@ def test_benchmark_writes_markdown_and_json(tmp_path, monkeypatch):
   assert 'MFU against the peak given by --peak-tflops: float32 0.5 TFLOP/s.' in markdown
 
 
+def test_input_pipeline_benchmark_times_both_streams_on_generated_photos(tmp_path):
+  args = _parse(['--input-pipeline', '--num-images', '32', '--batch-size', '8',
+                 '--image-size', '32', '--repeats', '1', '--output', str(tmp_path / 'input')])
+  report = args.run(args)
+  assert report['num_images'] == 32 and report['timed_batches'] == 2  # 4 batches, 2 warm-up
+  assert set(report['images_per_s']) == {'ours train', 'ours eval', 'PIL per core'}
+  assert report['train_images_per_s'] > 0 and report['eval_images_per_s'] > 0
+  assert report['pil_bound_images_per_s'] > 0 and 'torchvision' not in report
+  assert json.loads((tmp_path / 'input.json').read_text()) == report
+  assert '| ours eval |' in (tmp_path / 'input.md').read_text()
+
+
+def test_input_pipeline_benchmark_refuses_a_folder_too_small(tmp_path):
+  args = _parse(['--input-pipeline', '--num-images', '8', '--batch-size', '8',
+                 '--output', str(tmp_path / 'input')])
+  with pytest.raises(errors.UserError, match='too few for 3 batches of 8'):
+    args.run(args)
+
+
 @pytest.mark.slow
 def test_cli_compares_with_torchvision_in_one_process(tmp_path, xla_cache):
   """The command as users run it: torchvision and TensorFlow in one process, JAX/torch ratios."""

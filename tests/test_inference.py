@@ -14,7 +14,7 @@ from inception_jax.serving import convert
 from inception_jax.serving import inference
 from inception_jax.training import metric_logging
 from inception_jax.training import rundir
-from helpers import random_variables
+from helpers import random_variables, write_png_bomb
 
 IMAGE_SIZE = 32
 CLASSES = ('red', 'blue', 'other')
@@ -111,6 +111,15 @@ def test_skips_bad_files_by_name_and_compiles_once_per_bucket(run_dir, folder):
   predictor.predict(paths[:1])
   predictor.predict(paths)
   assert predictor.num_compilations == 2  # buckets 8 and 1, whatever comes after
+
+
+def test_skips_a_bomb_unread_naming_its_declared_size(run_dir, images, tmp_path):
+  bomb = write_png_bomb(tmp_path / 'bomb.png', 20000)
+  predictor = inference.Predictor(run_dir, buckets=(2,))
+  predictions, skipped = predictor.predict([images['red'], bomb, images['blue']], top_k=1)
+  assert [p.names for p in predictions] == [('red',), ('blue',)]
+  assert skipped == {bomb: 'declares 20000x20000 = 400,000,000 pixels, more than '
+                           'config.max_image_pixels=89,478,485; not decoded'}
 
 
 def test_bucket_size():

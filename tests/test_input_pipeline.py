@@ -6,7 +6,10 @@ the `process_index` / `process_count` arguments of the tf.data-level functions.
 """
 
 import collections
+import json
 import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -22,6 +25,7 @@ from inception_jax import config as config_lib
 from inception_jax import errors
 from inception_jax.data import image_folder, pipeline
 from inception_jax.data.datasets import sklearn_digits
+from helpers import write_png_bomb
 
 IMAGE_SIZE = 16
 TENCH, GOLDFISH = 'n01440764', 'n01443537'  # ImageNet synsets as class folder names
@@ -94,6 +98,10 @@ def _examples(batches) -> collections.Counter:
     for image, label in zip(batch['image'][mask > 0], batch['label'][mask > 0]):
       counter[int(label), image.tobytes()] += 1
   return counter
+
+
+def _eval_batches(config) -> list[dict[str, np.ndarray]]:
+  return list(pipeline.make_eval_dataset(config).as_numpy_iterator())
 
 
 def _train_batches(config, count, **kwargs) -> list[dict[str, np.ndarray]]:
@@ -244,7 +252,7 @@ def test_bad_images_are_skipped_and_logged_by_name(bad_folder, caplog):
   root, corrupt, empty = bad_folder
   config = _config(dataset='image_folder', image_folder=root, batch_size=5,
                    on_bad_image='skip')
-  assert image_folder.find_bad_images([corrupt, empty]) == {
+  assert image_folder.find_bad_images([corrupt, empty], config.max_image_pixels) == {
       corrupt: 'cannot be read or decoded', empty: 'empty file'}
   with caplog.at_level('WARNING'):
     epoch = _train_batches(config, 2)  # the 10 good images
@@ -262,6 +270,65 @@ def test_bad_images_fail_at_start_naming_the_files(bad_folder):
   with pytest.raises(errors.BadImageError) as error:
     pipeline.make_train_dataset(config)
   assert corrupt in str(error.value) and empty in str(error.value)
+
+
+BOMB_REASON = ('declares 20000x20000 = 400,000,000 pixels, more than '
+               'config.max_image_pixels=89,478,485; not decoded')
+
+
+@pytest.fixture(scope='module')
+def bomb_folder(tmp_path_factory) -> tuple[str, list[str]]:
+  """An image folder whose train split also holds two 20000x20000 PNG bombs (~400 KB each)."""
+  root = str(tmp_path_factory.mktemp('bombs'))
+  _make_folder(root, {'train': 5, 'test': 2})
+  bombs = [write_png_bomb(os.path.join(root, 'train', name, 'bomb.png'))
+           for name in (TENCH, GOLDFISH)]
+  return root, bombs
+
+
+def test_bombs_are_refused_by_header_and_named_once_with_their_size(bomb_folder, caplog):
+  root, bombs = bomb_folder
+  config = _config(dataset='image_folder', image_folder=root, batch_size=5)
+  with caplog.at_level('WARNING'):
+    pipeline.check_splits(config, pipeline.get_dataset_info(config), ['train', 'test'])
+    epoch = _train_batches(config, 2)  # the 10 good images
+    _eval_batches(_replace(config, eval_split='train'))
+  for bomb in bombs:
+    assert caplog.text.count(f'Skipping bad image {bomb}: {BOMB_REASON}.') == 1
+  assert caplog.text.count('Skipping bad image') == 2
+  assert len(_examples(epoch)) == 10
+
+
+def test_bombs_fail_the_run_with_on_bad_image_fail(bomb_folder):
+  root, bombs = bomb_folder
+  config = _config(dataset='image_folder', image_folder=root, on_bad_image='fail')
+  with pytest.raises(image_folder.BadImageError) as error:
+    pipeline.check_splits(config, pipeline.get_dataset_info(config), ['train'])
+  assert all(f'{bomb}: {BOMB_REASON}' in str(error.value) for bomb in bombs)
+
+
+_PEAK_OF_CHECK = """
+import json, sys
+from inception_jax.data import image_folder
+
+def peak_mb():
+  status = open('/proc/self/status').read()
+  return int(status.split('VmHWM:')[1].split()[0]) / 1024
+
+before = peak_mb()
+bad = image_folder.find_bad_images(sys.argv[1:], 89_478_485)
+print(json.dumps({'bad': sorted(bad), 'growth_mb': peak_mb() - before}))
+"""
+
+
+def test_bomb_check_decodes_nothing_large(bomb_folder):
+  """Decoding one bomb as RGB takes 1.2 GB; the check's peak memory must not grow by 1/10 of it."""
+  _, bombs = bomb_folder
+  done = subprocess.run([sys.executable, '-c', _PEAK_OF_CHECK, *bombs], capture_output=True,
+                        text=True, timeout=120, check=True)
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  assert result['bad'] == sorted(bombs)
+  assert result['growth_mb'] < 120
 
 
 @pytest.mark.parametrize('name,expected', [

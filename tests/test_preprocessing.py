@@ -189,6 +189,30 @@ def test_eval_center_crop_takes_the_middle(run):
   np.testing.assert_allclose(cropped, image[16:240, 48:272], atol=1e-3)
 
 
+@pytest.mark.parametrize('shape,image_format,size,ratio', [
+    ((375, 500), 'JPEG', 224, 256 / 224),  # ImageNet's typical photo: a window is decoded
+    ((500, 375), 'PNG', 224, 256 / 224),
+    ((1200, 1600), 'JPEG', 32, 256 / 224),  # a large downscale: a wide filter
+    ((48, 64), 'PNG', 224, 256 / 224),  # upscaled
+    ((37, 37), 'JPEG', 32, 1.0),  # square at ratio 1: the whole image
+])
+def test_eval_crop_equals_resizing_the_whole_image_then_cropping(run, shape, image_format,
+                                                                 size, ratio):
+  encoded = _encode(Image.fromarray(_random_rgb(*shape)), image_format)
+  cropped = run(lambda image_bytes: preprocessing.decode_center_crop(
+      image_bytes, size, ratio), encoded)
+  # The reference: TensorFlow's antialiased resize of the whole decoded image, then the
+  # centre crop.
+  decoded = tf.io.decode_image(encoded, channels=3)
+  height, width = shape
+  side = round(size * ratio)
+  scale = side / min(height, width)
+  resized = tf.image.resize(decoded, [round(height * scale), round(width * scale)],
+                            antialias=True).numpy().clip(0, 255)
+  y, x = (resized.shape[0] - size) // 2, (resized.shape[1] - size) // 2
+  np.testing.assert_allclose(cropped, resized[y:y + size, x:x + size], atol=0.01)
+
+
 # Hand arithmetic for a 320 x 256 (w x h) image and 224 crops: (y, x) of the top-left,
 # top-right, bottom-left, bottom-right and centre crops of 224 x 224.
 TEN_CROP_LANDSCAPE = [(0, 0), (0, 96), (32, 0), (32, 96), (16, 48)]

@@ -2,9 +2,11 @@
 
 Classes are the sorted union of the class folders of all splits. Each process reads
 every `process_count`-th file of a split's sorted file list and checks, once per split,
-that its files decode (JPEGs at 1/8 scale, which still reads all their data). With
-`on_bad_image='skip'` (the default) unreadable or empty files are left out, and each is
-logged by name with a count; with `'fail'` the first check raises an error naming them.
+that its files decode (JPEGs at 1/8 scale, which still reads all their data). Files whose
+header declares more than `max_image_pixels` pixels are refused before that check
+decodes them (`image_headers`). With `on_bad_image='skip'` (the default) bad files are
+left out, and each is logged by name with a count; with `'fail'` the first check raises
+an error naming them.
 """
 
 import dataclasses
@@ -17,6 +19,7 @@ import ml_collections
 import tensorflow as tf
 
 from inception_jax import errors
+from inception_jax.data import image_headers
 from inception_jax.data import preprocessing
 
 _JPEG_CHECK_RATIO = 8
@@ -91,7 +94,7 @@ def list_split(root: str, split: str) -> tuple[tuple[str, ...], tuple[int, ...]]
 
 @functools.cache
 def share(root: str, split: str, process_index: int, process_count: int,
-                  on_bad_image: str) -> FolderShare:
+          on_bad_image: str, max_image_pixels: int) -> FolderShare:
   """Every `process_count`-th file of a split, from `process_index`, bad ones handled.
 
   Cached: each process checks its files once per split and run.
@@ -101,7 +104,7 @@ def share(root: str, split: str, process_index: int, process_count: int,
   paths, labels = list_split(root, split)
   paths = paths[process_index::process_count]
   labels = labels[process_index::process_count]
-  bad = find_bad_images(paths)
+  bad = find_bad_images(paths, max_image_pixels)
   if bad and on_bad_image == 'fail':
     listing = '\n'.join(f'  {path}: {reason}' for path, reason in sorted(bad.items()))
     raise errors.BadImageError(f'{len(bad)} bad image file(s) in split \'{split}\' of {root}:\n'
@@ -115,9 +118,18 @@ def share(root: str, split: str, process_index: int, process_count: int,
   return FolderShare(tuple(path for path, _ in kept), tuple(label for _, label in kept))
 
 
-def find_bad_images(paths: Sequence[str]) -> dict[str, str]:
-  """Returns {path: reason} for the files that are empty or cannot be decoded."""
-  bad = {path: 'empty file' for path in paths if os.path.getsize(path) == 0}
+def find_bad_images(paths: Sequence[str], max_pixels: int) -> dict[str, str]:
+  """Returns {path: reason} for the files that are empty, too large or cannot be decoded.
+
+  Too large: the header declares more than `max_pixels` pixels; such files are never
+  decoded.
+  """
+  bad = {}
+  for path in paths:
+    reason = ('empty file' if os.path.getsize(path) == 0
+              else image_headers.refusal(path, max_pixels))
+    if reason:
+      bad[path] = reason
   readable = [path for path in paths if path not in bad]
   ds = tf.data.Dataset.from_tensor_slices(tf.constant(readable, tf.string))
   ds = ds.map(lambda path: (path, _decoded_shape(tf.io.read_file(path))),

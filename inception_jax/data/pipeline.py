@@ -18,6 +18,7 @@ seeds are used but parallel maps may reorder examples.
 
 import dataclasses
 import math
+import os
 from typing import Iterator, Mapping, Sequence
 
 import jax
@@ -86,7 +87,7 @@ def check_splits(config: ml_collections.ConfigDict, info: DatasetInfo,
           f"split '{split}' of {where} has no examples; point the config at a split "
           '(config.train_split / config.eval_split) that holds some.')
     if config.dataset == IMAGE_FOLDER:
-      image_folder.share(image_folder.root(config), split, *_process(None, None), config.on_bad_image)
+      _share(config, split, *_process(None, None))
 
 
 def create_train_iterator(config: ml_collections.ConfigDict, mesh: Mesh,
@@ -210,7 +211,7 @@ def _share(config: ml_collections.ConfigDict, split: str, process_index: int,
   """The undecoded examples of `split` that process `process_index` reads."""
   if config.dataset == IMAGE_FOLDER:
     return image_folder.share(image_folder.root(config), split, process_index, process_count,
-                              config.on_bad_image)
+                              config.on_bad_image, config.max_image_pixels)
   return tfds_source.share(config, split, process_index, process_count)
 
 
@@ -256,9 +257,16 @@ def _seed(seed: int, stream: int, index: tf.Tensor) -> tf.Tensor:
 
 
 def _options(deterministic: bool) -> tf.data.Options:
-  """tf.data options: deterministic order, or faster parallel map in any order."""
+  """tf.data options: deterministic order, or faster parallel map in any order.
+
+  As the TPU input pipelines set them: a thread pool of the pipeline's own, one thread
+  per core this process may use, and one thread per op, so that parallelism comes from
+  decoding many images at once rather than from splitting one image's ops.
+  """
   options = tf.data.Options()
   options.deterministic = deterministic
+  options.threading.private_threadpool_size = len(os.sched_getaffinity(0))
+  options.threading.max_intra_op_parallelism = 1
   return options
 
 

@@ -11,8 +11,9 @@ interpolation method, as in the GoogLeNet paper), random horizontal flip, option
 photometric distortions, normalization.
 
 Evaluation (`EvalPreprocess`): resize the shorter side to
-`round(image_size * resize_ratio)` and take the centre crop, or the paper's 10 or 144
-crops (`ten_crop`, `multi_scale_crop`).
+`round(image_size * resize_ratio)` and take the centre crop (`decode_center_crop`, which
+decodes and resamples only the crop's window), or the paper's 10 or 144 crops
+(`ten_crop`, `multi_scale_crop`).
 """
 
 import dataclasses
@@ -67,20 +68,26 @@ def decode_and_crop(image_bytes: tf.Tensor, box_fn: BoxFn) -> tf.Tensor:
   JPEGs are decoded only inside the box (`tf.image.decode_and_crop_jpeg`); they are
   measured from their header, so `box_fn` never waits for a full decode.
   """
+  return decode_and_crop_with_size(image_bytes, box_fn)[0]
 
-  def jpeg() -> tf.Tensor:
+
+def decode_and_crop_with_size(image_bytes: tf.Tensor,
+                              box_fn: BoxFn) -> tuple[tf.Tensor, tf.Tensor]:
+  """`decode_and_crop`, and the whole image's [height, width] (int32)."""
+
+  def jpeg() -> tuple[tf.Tensor, tf.Tensor]:
     shape = tf.image.extract_jpeg_shape(image_bytes)
     box = box_fn(shape[0], shape[1])
-    return tf.image.decode_and_crop_jpeg(image_bytes, box, channels=3)
+    return tf.image.decode_and_crop_jpeg(image_bytes, box, channels=3), shape[:2]
 
-  def other() -> tf.Tensor:
+  def other() -> tuple[tf.Tensor, tf.Tensor]:
     image = decode_rgb(image_bytes)
     shape = tf.shape(image)
-    return crop_to_box(image, box_fn(shape[0], shape[1]))
+    return crop_to_box(image, box_fn(shape[0], shape[1])), shape[:2]
 
-  image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+  image, size = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
   image.set_shape([None, None, 3])
-  return image
+  return image, size
 
 
 def center_box_with_aspect(height: tf.Tensor, width: tf.Tensor,
@@ -171,16 +178,21 @@ def normalize(image: tf.Tensor, mean_rgb: Sequence[float],
   return (tf.cast(image, tf.float32) - mean) / std
 
 
-def resize_shorter_side(image: tf.Tensor, side: int) -> tf.Tensor:
-  """Resizes, keeping the aspect ratio, so the shorter side is `side`; float32."""
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
+def shorter_side_size(height: tf.Tensor, width: tf.Tensor, side: int) -> tf.Tensor:
+  """[height, width] scaled, keeping the aspect ratio, so the shorter side is `side`."""
   scale = side / tf.cast(tf.minimum(height, width), tf.float64)
   new_height = tf.where(height <= width, side,
                         tf.cast(tf.round(tf.cast(height, tf.float64) * scale), tf.int32))
   new_width = tf.where(width < height, side,
                        tf.cast(tf.round(tf.cast(width, tf.float64) * scale), tf.int32))
-  resized = tf.image.resize(image, [new_height, new_width], antialias=True)
+  return tf.stack([new_height, new_width])
+
+
+def resize_shorter_side(image: tf.Tensor, side: int) -> tf.Tensor:
+  """Resizes, keeping the aspect ratio, so the shorter side is `side`; float32."""
+  shape = tf.shape(image)
+  resized = tf.image.resize(image, shorter_side_size(shape[0], shape[1], side),
+                            antialias=True)
   return tf.clip_by_value(resized, 0.0, _MAX_PIXEL)
 
 
@@ -194,20 +206,44 @@ def eval_side(image_size: int, resize_ratio: float) -> int:
   return side
 
 
-def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-  """The centred `size` x `size` crop of an image at least that large."""
-  shape = tf.shape(image)
-  box = tf.stack([(shape[0] - size) // 2, (shape[1] - size) // 2, size, size])
-  cropped = crop_to_box(image, box)
-  cropped.set_shape([size, size, image.shape[-1]])
-  return cropped
+def decode_center_crop(image_bytes: tf.Tensor, image_size: int,
+                       resize_ratio: float) -> tf.Tensor:
+  """The evaluation crop: the centred `image_size` square of the image resized so that
+  its shorter side is `eval_side`; float32 in 0..255.
 
-
-def resize_and_center_crop(image: tf.Tensor, image_size: int,
-                           resize_ratio: float) -> tf.Tensor:
-  """The evaluation crop: resize the shorter side to `eval_side`, take the centre."""
+  Only the window of the image that the crop's pixels are filtered from is decoded
+  (JPEGs) and resampled: the same antialiased bilinear filter as `resize_shorter_side`
+  (`tf.image.resize`'s), at the same scale and sample positions, gives the same pixels
+  as resizing the whole image and cropping, without the work on the rest.
+  """
   side = eval_side(image_size, resize_ratio)
-  return center_crop(resize_shorter_side(image, side), image_size)
+
+  def scales(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    return (tf.cast(shorter_side_size(height, width, side), tf.float32)
+            / tf.cast(tf.stack([height, width]), tf.float32))
+
+  def window(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """The crop's sources in the image: its span, widened by the filter's radius."""
+    scale = scales(height, width)
+    offset = tf.cast((shorter_side_size(height, width, side) - image_size) // 2, tf.float32)
+    margin = tf.math.ceil(tf.maximum(1 / scale, 1.0)) + 1  # the filter's reach, and rounding
+    start = tf.maximum(tf.cast(tf.floor(offset / scale - margin), tf.int32), 0)
+    end = tf.minimum(tf.cast(tf.math.ceil((offset + image_size) / scale + margin), tf.int32),
+                     tf.stack([height, width]))
+    return tf.concat([start, end - start], axis=0)
+
+  image, size = decode_and_crop_with_size(image_bytes, window)
+  height, width = size[0], size[1]
+  box = window(height, width)
+  scale = scales(height, width)
+  offset = tf.cast((shorter_side_size(height, width, side) - image_size) // 2, tf.float32)
+  # ScaleAndTranslate samples output pixel i at source (i + 0.5 - t) / scale: shifting by
+  # t = start * scale - offset lands the crop's pixels where the whole image's were.
+  resized = tf.raw_ops.ScaleAndTranslate(
+      images=tf.cast(image, tf.float32)[None], size=[image_size, image_size], scale=scale,
+      translation=tf.cast(box[:2], tf.float32) * scale - offset, kernel_type='triangle',
+      antialias=True)[0]
+  return tf.clip_by_value(resized, 0.0, _MAX_PIXEL)
 
 
 def corner_and_center_boxes(height: tf.Tensor, width: tf.Tensor, size: int) -> tf.Tensor:
@@ -365,8 +401,7 @@ class TrainPreprocess:
     crop_seed, resize_seed, flip_seed, color_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 4))
     if self.crop == 'center':
-      image = resize_and_center_crop(decode_rgb(image_bytes), self.image_size,
-                                     self.eval_resize_ratio)
+      image = decode_center_crop(image_bytes, self.image_size, self.eval_resize_ratio)
     else:
       image = self._inception_crop(image_bytes, crop_seed, resize_seed)
     if self.random_flip:
@@ -390,7 +425,7 @@ class TrainPreprocess:
 class EvalPreprocess:
   """Evaluation preprocessing: encoded image -> float32 `output_shape`.
 
-  `crops=1`: `resize_and_center_crop`; `crops=10`: `ten_crop`; `crops=144`:
+  `crops=1`: `decode_center_crop`; `crops=10`: `ten_crop`; `crops=144`:
   `multi_scale_crop`. All are normalized.
   """
   image_size: int
@@ -413,11 +448,10 @@ class EvalPreprocess:
     return image_shape if self.crops == 1 else (self.crops, *image_shape)
 
   def __call__(self, image_bytes: tf.Tensor) -> tf.Tensor:
-    image = decode_rgb(image_bytes)
-    if self.crops == 10:
-      image = ten_crop(image, self.image_size, self.resize_ratio).images
-    elif self.crops == 144:
-      image = multi_scale_crop(image, self.image_size).images
+    if self.crops == 1:
+      image = decode_center_crop(image_bytes, self.image_size, self.resize_ratio)
+    elif self.crops == 10:
+      image = ten_crop(decode_rgb(image_bytes), self.image_size, self.resize_ratio).images
     else:
-      image = resize_and_center_crop(image, self.image_size, self.resize_ratio)
+      image = multi_scale_crop(decode_rgb(image_bytes), self.image_size).images
     return normalize(image, self.mean_rgb, self.std_rgb)

@@ -5,7 +5,8 @@ run's image size, resize ratio, mean and std; 1 or 10 crops whose softmax output
 are averaged) and classified by one `jax.jit` forward per batch-size bucket: batches
 are the largest bucket, and the last one is padded to the smallest bucket that
 holds it, so any number of images compiles at most `len(buckets)` times. Files that
-are missing, empty or not decodable are reported by name and skipped.
+are missing, empty, not decodable, or whose header declares more than the config's
+`max_image_pixels` (refused unread) are reported by name and skipped.
 """
 
 import argparse
@@ -22,10 +23,12 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from inception_jax import config as config_lib
 from inception_jax import errors
 from inception_jax import metrics
 from inception_jax import paths
 from inception_jax import xla_options
+from inception_jax.data import image_headers
 from inception_jax.data import pipeline
 from inception_jax.data import preprocessing
 from inception_jax.serving import evaluation
@@ -61,8 +64,11 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
   return files
 
 
-def unreadable_files(paths: Sequence[str]) -> dict[str, str]:
-  """{path: reason} for the paths that are missing, not files, or empty."""
+def unreadable_files(paths: Sequence[str], max_pixels: int) -> dict[str, str]:
+  """{path: reason} for the paths that are missing, not files, empty, or too large.
+
+  Too large: the header declares more than `max_pixels` pixels (`image_headers`).
+  """
   bad = {}
   for path in paths:
     if not os.path.exists(path):
@@ -71,6 +77,8 @@ def unreadable_files(paths: Sequence[str]) -> dict[str, str]:
       bad[path] = 'not a file'
     elif os.path.getsize(path) == 0:
       bad[path] = 'empty file'
+    elif reason := image_headers.refusal(path, max_pixels):
+      bad[path] = reason
   return bad
 
 
@@ -108,6 +116,9 @@ class Predictor:
     self.class_names = tuple(self.loaded.meta['class_names'])
     self.buckets = tuple(sorted(set(buckets)))
     self.preprocess = pipeline.eval_preprocess(config, crops)
+    # Runs saved before the field existed get its default.
+    self.max_image_pixels = config.get('max_image_pixels',
+                                       config_lib.get_base_config().max_image_pixels)
     apply_fn = self.loaded.model.apply
     self._jitted = jax.jit(
         lambda variables, images: jnp.exp(metrics.log_probs(apply_fn, variables, images)),
@@ -140,7 +151,7 @@ class Predictor:
   def predict(self, paths: Sequence[str], top_k: int = 5
               ) -> tuple[list[Prediction], dict[str, str]]:
     """(top-k predictions of the readable files in order, {skipped path: reason})."""
-    skipped = unreadable_files(paths)
+    skipped = unreadable_files(paths, self.max_image_pixels)
     readable = [p for p in paths if p not in skipped]
     k = min(top_k, len(self.class_names))
     predictions = []
