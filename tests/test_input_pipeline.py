@@ -302,7 +302,7 @@ def test_bombs_are_refused_by_header_and_named_once_with_their_size(bomb_folder,
 def test_bombs_fail_the_run_with_on_bad_image_fail(bomb_folder):
   root, bombs = bomb_folder
   config = _config(dataset='image_folder', image_folder=root, on_bad_image='fail')
-  with pytest.raises(image_folder.BadImageError) as error:
+  with pytest.raises(errors.BadImageError) as error:
     pipeline.check_splits(config, pipeline.get_dataset_info(config), ['train'])
   assert all(f'{bomb}: {BOMB_REASON}' in str(error.value) for bomb in bombs)
 
