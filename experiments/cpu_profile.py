@@ -32,6 +32,9 @@ CATEGORIES = ('conv/matmul forward', 'conv/matmul input gradient',
               'optimizer update and norms', 'the rest')
 _INSTRUCTION = re.compile(
     r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+?)(?:\{[^}]*\})? ([a-z\-]+)\((.*)$')
+_COMPILE_PHASES = {'/jax/core/compile/jaxpr_trace_duration': 'trace',
+                   '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower',
+                   '/jax/core/compile/backend_compile_duration': 'XLA compile'}
 _COPIES = ('copy', 'concatenate', 'transpose', 'bitcast', 'slice', 'dynamic-slice',
            'dynamic-update-slice', 'pad', 'reshape', 'broadcast')
 
@@ -39,9 +42,10 @@ _COPIES = ('copy', 'concatenate', 'transpose', 'bitcast', 'slice', 'dynamic-slic
 def hlo_categories(hlo: str, kernel_shapes: set[tuple[int, ...]]) -> dict[str, str]:
   """Category of each instruction of the entry computation of compiled HLO text `hlo`.
 
-  A convolution or matrix product (alone or inside a fusion) is forward unless its
-  source op is under autodiff's `transpose(`; in the backward pass it is a weight
-  gradient when its result has a kernel's dimensions (`kernel_shapes`, sorted).
+  A convolution or matrix product (alone or inside a fusion) is a weight gradient
+  when its result has a kernel's dimensions (`kernel_shapes`, sorted) and its source
+  op is under autodiff's `transpose(` or unnamed (XLA's rewrites of weight gradients
+  drop the name); otherwise an input gradient under `transpose(`, else forward.
   """
   opcodes = collections.defaultdict(set)  # computation -> opcodes inside it
   calls = collections.defaultdict(set)
@@ -75,12 +79,12 @@ def hlo_categories(hlo: str, kernel_shapes: set[tuple[int, ...]]) -> dict[str, s
     kinds = called | {opcode}
     dims = tuple(sorted(int(d) for d in re.findall(r'\d+', shape.split('{')[0][4:])))
     backward = 'transpose(' in op_name
-    if kinds & {'convolution', 'dot'} or '__ynn' in rest or 'ynn_fusion' in rest:
-      if not backward:
-        categories[name] = 'conv/matmul forward'
+    if kinds & {'convolution', 'dot'}:
+      if dims in kernel_shapes and (backward or not op_name):
+        categories[name] = 'conv/matmul weight gradient'
       else:
-        categories[name] = ('conv/matmul weight gradient' if dims in kernel_shapes
-                            else 'conv/matmul input gradient')
+        categories[name] = ('conv/matmul input gradient' if backward
+                            else 'conv/matmul forward')
     elif 'GoogLeNet' not in op_name and 'log_softmax' not in op_name and (
         'reduce' in kinds or 'add' in kinds or 'multiply' in kinds) and not re.search(
             r'top_k|one_hot|threefry|softmax|cross_entropy|log', op_name):
@@ -175,13 +179,27 @@ def torch_profile(run: Any, steps: int) -> tuple[dict[str, float], float]:
       parent = parent.cpu_parent
     if event.name.startswith('Optimizer.') and ancestors:
       continue
-    totals[torch_category(event.name, ancestors)] += event.self_cpu_time_total / 1e3 / steps
+    category = torch_category(event.name, ancestors)
+    totals[category] += event.self_cpu_time_total / 1e3 / steps
+    if category == 'the rest':
+      totals[f'rest: {event.name}'] += event.self_cpu_time_total / 1e3 / steps
   return dict(totals), 1e3 * wall
 
 
 def profile_case(case: benchmark.Case, rounds: int, steps: int) -> dict[str, Any]:
   """Per-round category times and walls of both peers on `case`, in alternating rounds."""
-  jax_runner = benchmark.jax_runner(case, 'fast', None)
+  compile_phases = collections.Counter()
+
+  def listener(name: str, seconds: float, **kwargs: Any) -> None:
+    del kwargs
+    if name in _COMPILE_PHASES:
+      compile_phases[_COMPILE_PHASES[name]] += seconds
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    jax_runner = benchmark.jax_runner(case, 'fast', None)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
   hlo = jax_runner.program.as_text()
   first = jax_runner.program.args_info[0][0]
   params = first['params'] if case.kind == 'infer' else first.params
@@ -194,7 +212,7 @@ def profile_case(case: benchmark.Case, rounds: int, steps: int) -> dict[str, Any
     results['jax'].append(jax_profile(jax_run, steps, categories))
     results['torch'].append(torch_profile(torch_run, steps))
   kernels = collections.Counter(categories.values())
-  return dict(case=case.name, compile_s=jax_runner.compile_s, results=results,
+  return dict(case=case.name, compile_phases=dict(compile_phases), results=results,
               kernels=dict(kernels), fusions=sum(' fusion(' in line for line in hlo.splitlines()))
 
 
@@ -206,7 +224,9 @@ def format_case(report: dict[str, Any]) -> str:
   """One Markdown table: ms per step per category, median (min–max) over the rounds."""
   lines = [f"**{report['case']}**: {len(report['results']['jax'])} rounds; the JAX "
            f"program has {report['fusions']} fusions and "
-           f"{sum(report['kernels'].values())} kernels (compile {report['compile_s']:.1f} s).",
+           f"{sum(report['kernels'].values())} kernels; building it took "
+           + ', '.join(f'{phase} {seconds:.1f} s'
+                       for phase, seconds in report['compile_phases'].items()) + '.',
            '', '| category | JAX ms/step | torch ms/step |', '|---|---:|---:|']
   for category in CATEGORIES:
     jax_ms = [r[0].get(category, 0.0) for r in report['results']['jax']]
@@ -216,9 +236,17 @@ def format_case(report: dict[str, Any]) -> str:
   for label, index in (('sum of the kernels / ops', None), ('wall time of the step', 1)):
     cells = []
     for peer in ('jax', 'torch'):
-      values = [r[1] if index else sum(r[0].values()) for r in report['results'][peer]]
+      values = [r[1] if index else sum(v for k, v in r[0].items() if k in CATEGORIES)
+                for r in report['results'][peer]]
       cells.append(_spread(values))
     lines.append(f'| **{label}** | {cells[0]} | {cells[1]} |')
+  rest = collections.Counter()
+  for totals, _ in report['results']['torch']:
+    rest.update({k[len('rest: '):]: v for k, v in totals.items() if k.startswith('rest: ')})
+  if rest:
+    lines += ['', "torch's largest ops in the rest: " + ', '.join(
+        f'{name} {ms / len(report["results"]["torch"]):.0f} ms' for name, ms in
+        rest.most_common(4)) + '.']
   return '\n'.join(lines)
 
 
