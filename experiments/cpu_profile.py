@@ -35,12 +35,13 @@ _INSTRUCTION = re.compile(
 _COMPILE_PHASES = {'/jax/core/compile/jaxpr_trace_duration': 'trace',
                    '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower',
                    '/jax/core/compile/backend_compile_duration': 'XLA compile'}
+_NO_KERNEL = ('parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast')
 _COPIES = ('copy', 'concatenate', 'transpose', 'bitcast', 'slice', 'dynamic-slice',
            'dynamic-update-slice', 'pad', 'reshape', 'broadcast')
 
 
 def hlo_categories(hlo: str, kernel_shapes: set[tuple[int, ...]]) -> dict[str, str]:
-  """Category of each instruction of the entry computation of compiled HLO text `hlo`.
+  """Category of each kernel (instruction that runs) in the entry of compiled HLO `hlo`.
 
   A convolution or matrix product (alone or inside a fusion) is a weight gradient
   when its result has a kernel's dimensions (`kernel_shapes`, sorted) and its source
@@ -73,6 +74,8 @@ def hlo_categories(hlo: str, kernel_shapes: set[tuple[int, ...]]) -> dict[str, s
 
   categories = {}
   for name, (shape, opcode, rest, op_name) in entry.items():
+    if opcode in _NO_KERNEL:
+      continue
     called = set()
     for callee in re.findall(r'(?:calls|to_apply|body)=%?([\w.\-]+)', rest):
       called |= inner(callee)
