@@ -65,21 +65,21 @@ _HLO = '''HloModule jit_train_step
 }
 
 %fused_reduce (p: f32[8,4,4,16]) -> f32[16] {
-  %p = f32[8,4,4,16]{3,2,1,0} parameter(0)
+  %p = f32[8,4,4,16] parameter(0)
   %zero = f32[] constant(0)
-  ROOT %r = f32[16]{0} reduce(%p, %zero), dimensions={0,1,2}, to_apply=%add
+  ROOT %r = f32[16] reduce(%p, %zero), dimensions={0,1,2}, to_apply=%add
 }
 
 ENTRY %main (x: f32[8,4,4,16], k: f32[3,3,16,32], g: f32[8,4,4,32]) -> f32[16] {
-  %x = f32[8,4,4,16]{3,2,1,0} parameter(0)
-  %k = f32[3,3,16,32]{3,2,1,0} parameter(1)
-  %g = f32[8,4,4,32]{3,2,1,0} parameter(2)
-  %fwd = f32[8,4,4,32]{3,2,1,0} convolution(%x, %k), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(train_step)/jvp(GoogLeNet)/3x3/conv/conv_general_dilated"}
-  %dx = f32[8,4,4,16]{3,2,1,0} convolution(%g, %k), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01oi->b01f, metadata={op_name="jit(train_step)/transpose(jvp(GoogLeNet))/3x3/conv/conv_general_dilated"}
-  %dk = f32[32,3,3,16]{3,2,1,0} convolution(%g, %x), window={size=4x4 pad=1_1x1_1}, dim_labels=f01b_i01o->f01b
-  %copy.1 = f32[3,3,16,32]{3,2,1,0} copy(%k)
-  %bn = f32[16]{0} fusion(%x), kind=kLoop, calls=%fused_reduce, metadata={op_name="jit(train_step)/transpose(jvp(GoogLeNet))/3x3_reduce.activate/bn/reduce_sum"}
-  ROOT %norm = f32[16]{0} fusion(%x), kind=kLoop, calls=%fused_reduce, metadata={op_name="jit(train_step)/reduce"}
+  %x = f32[8,4,4,16] parameter(0)
+  %k = f32[3,3,16,32] parameter(1)
+  %g = f32[8,4,4,32] parameter(2)
+  %fwd = f32[8,4,4,32] convolution(%x, %k), metadata={op_name="jvp(GoogLeNet)/3x3/conv"}
+  %dx = f32[8,4,4,16] convolution(%g, %k), metadata={op_name="transpose(jvp(GoogLeNet))/3x3/conv"}
+  %dk = f32[32,3,3,16] convolution(%g, %x), dim_labels=f01b_i01o->f01b
+  %copy.1 = f32[3,3,16,32] copy(%k)
+  %bn = f32[16] fusion(%x), calls=%fused_reduce, metadata={op_name="GoogLeNet/x.activate/bn"}
+  ROOT %norm = f32[16] fusion(%x), calls=%fused_reduce, metadata={op_name="reduce"}
 }
 '''
 
