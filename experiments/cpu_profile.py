@@ -156,7 +156,7 @@ def torch_category(name: str, ancestors: Iterable[str]) -> str:
     return 'conv/matmul forward'
   if 'pool' in name:
     return 'pools'
-  if re.search(r'batch_norm|relu|threshold', name):
+  if re.search(r'batch_norm|relu|threshold|clamp_min', name):  # relu_ is clamp_min_
     return 'BatchNorm + ReLU'
   if re.search(r'aten::(cat|copy_|clone|contiguous|_to_copy|to|t|transpose|view|reshape|'
                r'as_strided|empty|empty_like|zeros_like|slice|narrow|split)$', name):
