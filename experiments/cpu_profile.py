@@ -31,7 +31,7 @@ CATEGORIES = ('conv/matmul forward', 'conv/matmul input gradient',
               'pools', 'BatchNorm + ReLU', 'concatenations and copies',
               'optimizer update and norms', 'the rest')
 _INSTRUCTION = re.compile(
-    r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+?)(?:\{[^}]*\})? ([a-z\-]+)\((.*)$')
+    r'^\s*(?:ROOT )?%?([\w.\-]+) = (\(.*?\)|\S+?)(?:\{[^}]*\})? ([a-z\-]+)\((.*)$')
 _COMPILE_PHASES = {'/jax/core/compile/jaxpr_trace_duration': 'trace',
                    '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower',
                    '/jax/core/compile/backend_compile_duration': 'XLA compile'}
