@@ -78,6 +78,7 @@ ENTRY %main (x: f32[8,4,4,16], k: f32[3,3,16,32], g: f32[8,4,4,32]) -> f32[16] {
   %dx = f32[8,4,4,16] convolution(%g, %k), metadata={op_name="transpose(jvp(GoogLeNet))/3x3/conv"}
   %dk = f32[32,3,3,16] convolution(%g, %x), dim_labels=f01b_i01o->f01b
   %copy.1 = f32[3,3,16,32] copy(%k)
+  %stats = (f32[16], f32[16]) fusion(%x), calls=%fused_reduce, metadata={op_name="GoogLeNet/bn/s"}
   %bn = f32[16] fusion(%x), calls=%fused_reduce, metadata={op_name="GoogLeNet/x.activate/bn"}
   ROOT %norm = f32[16] fusion(%x), calls=%fused_reduce, metadata={op_name="reduce"}
 }
@@ -89,4 +90,5 @@ def test_profile_sorts_kernels_into_categories_by_name_and_shape():
   assert cpu_profile.hlo_categories(_HLO, kernel_shapes) == {
       'fwd': 'conv/matmul forward', 'dx': 'conv/matmul input gradient',
       'dk': 'conv/matmul weight gradient', 'copy.1': 'concatenations and copies',
-      'bn': 'BatchNorm + ReLU', 'norm': 'optimizer update and norms'}
+      'stats': 'BatchNorm + ReLU', 'bn': 'BatchNorm + ReLU',
+      'norm': 'optimizer update and norms'}
