@@ -74,6 +74,7 @@ class Runner:
   run: Callable[[], None]
   compile_s: float
   times: list[float] = dataclasses.field(default_factory=list)
+  program: jax.stages.Compiled | None = None  # JAX's compiled program, for inspection
 
 
 def parse_cases(spec: str, model_names: Sequence[str], dtypes: Sequence[str]) -> list[Case]:
@@ -151,9 +152,12 @@ def _train_config(case: Case) -> Any:
   return config
 
 
-def jax_runner(case: Case, ops: str, compiler_options: dict[str, Any] | None) -> Runner:
-  """The JAX implementation of `case` with kernel set `ops`, compiled and run once.
+def compile_jax(case: Case, ops: str, compiler_options: dict[str, Any] | None
+                ) -> tuple[jax.stages.Compiled, tuple[Any, Any], float]:
+  """`case`'s JAX program with kernel set `ops`: (compiled, its arguments, compile seconds).
 
+  Inference is (variables, images) -> logits; training is the project's train step,
+  (state, batch) -> (state, metrics), whose state argument is donated.
   `compiler_options` None: the project's defaults (`xla_options.for_model`).
   """
   model = googlenet.create_model(case.model, dtype=case.dtype, ops=ops)
@@ -166,27 +170,33 @@ def jax_runner(case: Case, ops: str, compiler_options: dict[str, Any] | None) ->
       compiler_options = xla_options.for_model(jax.default_backend())
     start = time.perf_counter()
     compiled = apply.lower(variables, images).compile(xla_options.supported(compiler_options))
-    compile_s = time.perf_counter() - start
+    return compiled, (variables, images), time.perf_counter() - start
+  config = _train_config(case)
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  state, state_sharding = steps.create_train_state(config, model, (1, *shape[1:]), mesh, 1000)
+  batch = {'image': images, 'label': jnp.arange(case.batch, dtype=jnp.int32) % 1000}
+  step = steps.make_train_step(config, mesh, state_sharding, compiler_options)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  return compiled, (state, batch), time.perf_counter() - start
+
+
+def jax_runner(case: Case, ops: str, compiler_options: dict[str, Any] | None) -> Runner:
+  """The JAX implementation of `case` with kernel set `ops` (`compile_jax`), run once."""
+  compiled, (first, second), compile_s = compile_jax(case, ops, compiler_options)
+  if case.kind == 'infer':
 
     def run() -> None:
-      compiled(variables, images).block_until_ready()
+      compiled(first, second).block_until_ready()
   else:
-    config = _train_config(case)
-    mesh = sharding.create_mesh(jax.devices()[:1])
-    state, state_sharding = steps.create_train_state(config, model, (1, *shape[1:]), mesh, 1000)
-    batch = {'image': images, 'label': jnp.arange(case.batch, dtype=jnp.int32) % 1000}
-    step = steps.make_train_step(config, mesh, state_sharding, compiler_options)
-    start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
-    holder = [state]
+    holder = [first]
 
     def run() -> None:
-      holder[0], metrics = compiled(holder[0], batch)
+      holder[0], metrics = compiled(holder[0], second)
       metrics['loss'].block_until_ready()
   host_memory.release_free_memory()
   run()
-  return Runner(f'jax {ops}', run, compile_s)
+  return Runner(f'jax {ops}', run, compile_s, program=compiled)
 
 
 def _import_torch() -> tuple[Any, Any]:

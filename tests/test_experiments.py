@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import ablations
+from experiments import cpu_profile
 from experiments import crops_ensembles
 
 
@@ -53,3 +54,41 @@ def test_crops_ensembles_refuses_no_models(models, monkeypatch, capsys):
     crops_ensembles.main()
   assert exit_info.value.code == 2
   assert f'error: --models must be at least 1, got {models}.' in capsys.readouterr().err
+
+
+_HLO = '''HloModule jit_train_step
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %sum = f32[] add(%a, %b)
+}
+
+%fused_reduce (p: f32[8,4,4,16]) -> f32[16] {
+  %p = f32[8,4,4,16] parameter(0)
+  %zero = f32[] constant(0)
+  ROOT %r = f32[16] reduce(%p, %zero), dimensions={0,1,2}, to_apply=%add
+}
+
+ENTRY %main (x: f32[8,4,4,16], k: f32[3,3,16,32], g: f32[8,4,4,32]) -> f32[16] {
+  %x = f32[8,4,4,16] parameter(0)
+  %k = f32[3,3,16,32] parameter(1)
+  %g = f32[8,4,4,32] parameter(2)
+  %fwd = f32[8,4,4,32] convolution(%x, %k), metadata={op_name="jvp(GoogLeNet)/3x3/conv"}
+  %dx = f32[8,4,4,16] convolution(%g, %k), metadata={op_name="transpose(jvp(GoogLeNet))/3x3/conv"}
+  %dk = f32[32,3,3,16] convolution(%g, %x), dim_labels=f01b_i01o->f01b
+  %copy.1 = f32[3,3,16,32] copy(%k)
+  %stats = (f32[16], f32[16]) fusion(%x), calls=%fused_reduce, metadata={op_name="GoogLeNet/bn/s"}
+  %bn = f32[16] fusion(%x), calls=%fused_reduce, metadata={op_name="GoogLeNet/x.activate/bn"}
+  ROOT %norm = f32[16] fusion(%x), calls=%fused_reduce, metadata={op_name="reduce"}
+}
+'''
+
+
+def test_profile_sorts_kernels_into_categories_by_name_and_shape():
+  kernel_shapes = cpu_profile.kernel_shapes({'3x3': {'kernel': np.zeros((3, 3, 16, 32))}})
+  assert cpu_profile.hlo_categories(_HLO, kernel_shapes) == {
+      'fwd': 'conv/matmul forward', 'dx': 'conv/matmul input gradient',
+      'dk': 'conv/matmul weight gradient', 'copy.1': 'concatenations and copies',
+      'stats': 'BatchNorm + ReLU', 'bn': 'BatchNorm + ReLU',
+      'norm': 'optimizer update and norms'}

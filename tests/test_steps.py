@@ -256,6 +256,26 @@ def test_the_step_compiled_once(tiny):
   assert tiny.step._cache_size() == 1  # pylint: disable=protected-access
 
 
+def test_a_step_built_again_is_not_compiled_again(tiny):
+  # A notebook cell run again builds the step anew: the program compiled for it is reused.
+  state, batch = _copy(tiny.state), _tiny_batch()
+  tiny.step(_copy(tiny.state), batch)
+  compiles = []
+
+  def listener(name: str, seconds: float, **kwargs) -> None:
+    del seconds, kwargs
+    if name == '/jax/core/compile/backend_compile_duration':
+      compiles.append(name)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    again = steps.make_train_step(tiny.config, tiny.mesh, tiny.sharding, FAST)
+    again(state, batch)[1]['loss'].block_until_ready()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert not compiles
+
+
 def test_a_step_compiled_for_the_abstract_state_trains_the_initialized_one(tiny):
   # What the trainer does: compile from shapes while the state is initialized.
   initialize, abstract = steps.train_state_initializer(tiny.config, tiny.model, IMAGE_SHAPE,

@@ -260,12 +260,23 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
     ValueError: if config.batch_size does not divide by the number of devices.
   """
   sharding.check_batch_divisible(config.batch_size, mesh)
-  step = functools.partial(train_step, aux_weight=config.aux_weight,
-                           label_smoothing=config.label_smoothing,
-                           keep_batch_stats=config.freeze_backbone)
+  step = _bound_train_step(config.aux_weight, config.label_smoothing, config.freeze_backbone)
   return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0,
                  compiler_options=_compiler_options(mesh, compiler_options))
+
+
+@functools.lru_cache(maxsize=None)
+def _bound_train_step(aux_weight: float, label_smoothing: float,
+                      keep_batch_stats: bool) -> Callable[..., Any]:
+  """`train_step` with these loss settings, one function object per setting.
+
+  JAX keys its traces and compiled programs on the function: with the same object,
+  a step built again (a notebook cell run again) reuses the program compiled for
+  the first instead of tracing and compiling it again.
+  """
+  return functools.partial(train_step, aux_weight=aux_weight, label_smoothing=label_smoothing,
+                           keep_batch_stats=keep_batch_stats)
 
 
 def eval_step(state: TrainState, batch: Batch) -> Metrics:
