@@ -463,13 +463,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''), ceilings=ceilings,
                 peak_tflops=peaks,
                 results=results, ratios=ratio_rows(results))
-  output = pathlib.Path(args.output)
-  output.parent.mkdir(parents=True, exist_ok=True)
-  markdown = format_markdown(report)
-  output.with_suffix('.md').write_text(markdown + '\n')
-  output.with_suffix('.json').write_text(json.dumps(report, indent=1) + '\n')
-  print(markdown)
-  print(f"wrote {output.with_suffix('.md')} and {output.with_suffix('.json')}")
+  _write_report(report, format_markdown(report), args.output)
   return report
 
 
@@ -534,13 +528,7 @@ def run_input_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         o / t for o, t in zip(series[f'ours {kind}'], series[f'torchvision {kind}']))
                         for kind in ('train', 'eval')
                         for unit, series in (('', rates), ('_per_cpu_s', per_cpu_s))}
-  output = pathlib.Path(args.output)
-  output.parent.mkdir(parents=True, exist_ok=True)
-  markdown = format_input_markdown(report)
-  output.with_suffix('.md').write_text(markdown + '\n')
-  output.with_suffix('.json').write_text(json.dumps(report, indent=1) + '\n')
-  print(markdown)
-  print(f"wrote {output.with_suffix('.md')} and {output.with_suffix('.json')}")
+  _write_report(report, format_input_markdown(report), args.output)
   return report
 
 
@@ -567,3 +555,13 @@ def format_input_markdown(report: dict[str, Any]) -> str:
                  f"{r['train']:.2f}×, eval {r['eval']:.2f}×; per CPU-second train "
                  f"{r['train_per_cpu_s']:.2f}×, eval {r['eval_per_cpu_s']:.2f}×.")
   return '\n'.join(lines)
+
+
+def _write_report(report: dict[str, Any], markdown: str, output: str) -> None:
+  """Prints `markdown` and writes it to OUTPUT.md, and `report` to OUTPUT.json."""
+  path = pathlib.Path(output)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.with_suffix('.md').write_text(markdown + '\n')
+  path.with_suffix('.json').write_text(json.dumps(report, indent=1) + '\n')
+  print(markdown)
+  print(f"wrote {path.with_suffix('.md')} and {path.with_suffix('.json')}")
