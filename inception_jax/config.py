@@ -31,8 +31,10 @@ CHOICES = {
 # Fields that count or divide: a step interval of 0 would divide by zero.
 POSITIVE = ('image_size', 'batch_size', 'eval_batch_size', 'shuffle_buffer', 'grad_accum_steps',
             'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-            'learning_rate', 'distributed_timeout_seconds', 'model_options.width')
-NON_NEGATIVE = ('aux_weight', 'weight_decay', 'warmup_epochs', 'grad_clip_norm', 'momentum')
+            'distributed_timeout_seconds', 'model_options.width')
+# A learning rate of 0 trains nothing but is a valid probe (loaded weights stay as they are).
+NON_NEGATIVE = ('learning_rate', 'aux_weight', 'weight_decay', 'warmup_epochs', 'grad_clip_norm',
+                'momentum')
 FRACTIONS = ('label_smoothing', 'model_options.dropout_rate', 'model_options.aux_dropout_rate')
 
 
