@@ -7,6 +7,10 @@ package (and `python -m inception_jax --help`) loads neither JAX nor TensorFlow:
   model = inception_jax.create_model('googlenet', num_classes=1000)
   predictor = inception_jax.Predictor('workdirs/default')  # a trained run
   predictions, skipped = predictor.predict(['digit.png'])
+
+Functional use (docs/functional.md): `load_run` gives a run as (model, variables,
+config); `model_loss` is the paper's loss as a pure function; `TrainState`,
+`create_train_state` and `train_step` make a custom training loop.
 """
 
 import importlib
@@ -22,6 +26,11 @@ _PUBLIC = {
     'init_variables': 'inception_jax.model.googlenet',
     'Predictor': 'inception_jax.serving.inference',
     'Prediction': 'inception_jax.serving.inference',
+    'load_run': 'inception_jax.serving.functional',
+    'model_loss': 'inception_jax.training.steps',
+    'TrainState': 'inception_jax.training.steps',
+    'create_train_state': 'inception_jax.training.steps',
+    'train_step': 'inception_jax.training.steps',
 }
 
 __all__ = ['__version__', *_PUBLIC]

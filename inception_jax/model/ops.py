@@ -169,58 +169,28 @@ def _max_and_offsets(x: Array, window: int, stride: int, padding: Padding
   return y, offsets
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x: Array, window: int, stride: int, padding: Padding) -> Array:
   return _reduce_max(x, window, stride, padding)
 
 
-def _max_pool_fwd(x: Array, window: int, stride: int, padding: Padding
-                  ) -> tuple[Array, tuple[Array, Array]]:
-  y, offsets = _max_and_offsets(x, window, stride, padding)
-  empty = jnp.zeros((0, *x.shape[1:]), x.dtype)  # carries x's shape and dtype, no data
-  return y, (offsets, empty)
+@_max_pool.defjvp
+def _max_pool_jvp(window: int, stride: int, padding: Padding, primals: tuple[Array],
+                  tangents: tuple[Array]) -> tuple[Array, Array]:
+  """The maxima and the input tangent at each output's stored offset.
 
-
-def _max_pool_bwd(window: int, stride: int, padding: Padding, residuals: tuple[Array, Array],
-                  grad: Array) -> tuple[Array]:
-  """Routes each output's gradient to the window cell its stored offset names.
-
-  The input gradient is assembled phase by phase: the padded input's cells at
-  row r ≡ a and column c ≡ b (mod stride) receive gradient only from the window
-  offsets (i, j) ≡ (a, b), each from the output shifted by (i // stride, j //
-  stride) whole cells. So each phase is one sum, at output resolution, of
-  slices of the gradient and the offsets padded once (no scatter, no padding
-  inside the sum), and one interleave builds the result.
+  The tangent is linear in the input's, so reverse mode transposes it into the
+  gradient routing: each output's cotangent added to the window cell its offset
+  names, the int8 offsets being all the backward pass keeps of the forward.
   """
-  offsets, empty = residuals
-  (top, bottom), (left, right) = padding
-  _, in_h, in_w, channels = empty.shape
-  batch, out_h, out_w, _ = grad.shape
-  height, width = in_h + top + bottom, in_w + left + right
-  rows, cols = -(-height // stride), -(-width // stride)  # cells per phase
-  reach = (window - 1) // stride
-  border = ((reach, rows - out_h), (reach, cols - out_w))
-  grad_padded = _pad_cells(grad, border, 0)
-  offsets_padded = _pad_cells(offsets, border, window * window)
-  zero = jnp.zeros((), grad.dtype)
-  phases = []
-  for a in range(stride):
-    for b in range(stride):
-      phase = jnp.zeros((batch, rows, cols, channels), grad.dtype)
-      for i in range(a, window, stride):
-        for j in range(b, window, stride):
-          start = (0, reach - i // stride, reach - j // stride, 0)
-          limit = (batch, start[1] + rows, start[2] + cols, channels)
-          hit = lax.slice(offsets_padded, start, limit) == i * window + j
-          phase = phase + jnp.where(hit, lax.slice(grad_padded, start, limit), zero)
-      phases.append(phase)
-  dpadded = jnp.stack(phases, axis=3).reshape(batch, rows, cols, stride, stride, channels)
-  dpadded = dpadded.transpose(0, 1, 3, 2, 4, 5).reshape(
-      batch, rows * stride, cols * stride, channels)
-  return (dpadded[:, top:top + in_h, left:left + in_w, :],)
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+  (x,), (dx,) = primals, tangents
+  y, offsets = _max_and_offsets(x, window, stride, padding)
+  cells = _pad_cells(dx, padding, 0)
+  zero = jnp.zeros((), dx.dtype)
+  dy = sum(jnp.where(offsets == k, _window_cells(cells, *divmod(k, window), y.shape[1:3],
+                                                 stride), zero)
+           for k in range(window * window))
+  return y, dy
 
 
 def batch_norm_relu(x: Array, scale: Array, bias: Array, epsilon: float
@@ -243,38 +213,37 @@ def _batch_statistics(x: Array) -> tuple[Array, Array]:
   return mean, jnp.maximum(0.0, jnp.mean(jnp.square(x), axes) - jnp.square(mean))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _batch_norm_relu(x: Array, scale: Array, bias: Array, epsilon: float
                      ) -> tuple[Array, Array, Array]:
-  return _batch_norm_relu_fwd(x, scale, bias, epsilon)[0]
+  mean, var = _batch_statistics(x)
+  y = jnp.maximum(0.0, (x - mean) * (lax.rsqrt(var + epsilon) * scale) + bias)
+  return y.astype(x.dtype), mean, var
 
 
-def _batch_norm_relu_fwd(x: Array, scale: Array, bias: Array, epsilon: float
-                         ) -> tuple[tuple[Array, Array, Array], tuple[Array, ...]]:
+@_batch_norm_relu.defjvp
+def _batch_norm_relu_jvp(epsilon: float, primals: tuple[Array, Array, Array],
+                         tangents: tuple[Array, Array, Array]
+                         ) -> tuple[tuple[Array, Array, Array], tuple[Array, Array, Array]]:
+  """With σ⁻¹ = rsqrt(var + epsilon) and means over the rows: dmean = mean(dx),
+  dvar = 2·mean((x - mean)·dx), dσ⁻¹ = -σ⁻³·dvar/2, and where the output is
+  positive dy = scale·σ⁻¹·(dx - dmean) + (x - mean)·(scale·dσ⁻¹ + σ⁻¹·dscale) + dbias.
+
+  Linear in the tangents, so reverse mode transposes it into the two sums and
+  the one elementwise pass of BatchNorm's gradient, where autodiff of the two
+  layers makes several passes.
+  """
+  x, scale, bias = primals
+  dx, dscale, dbias = tangents
+  axes = tuple(range(x.ndim - 1))
   mean, var = _batch_statistics(x)
   inverse = lax.rsqrt(var + epsilon)
-  y = jnp.maximum(0.0, (x - mean) * (inverse * scale) + bias).astype(x.dtype)
-  return (y, mean, var), (x, scale, bias, mean, inverse)
-
-
-def _batch_norm_relu_bwd(epsilon: float, residuals: tuple[Array, ...],
-                         grads: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
-  """With x̂ = (x - mean)/σ, g = dy where the output is positive, m the rows:
-  dbias = Σg, dscale = Σ g·x̂, dx = scale/σ · (g - dbias/m - x̂·dscale/m)
-  + dmean/m + dvar·2(x - mean)/m (the statistics' own cotangents)."""
-  del epsilon  # in `inverse`
-  x, scale, bias, mean, inverse = residuals
-  dy, dmean, dvar = grads
-  axes = tuple(range(x.ndim - 1))
-  rows = x.size // x.shape[-1]
   centered = x.astype(jnp.float32) - mean
-  normalized = centered * inverse
-  g = jnp.where(normalized * scale + bias > 0, dy.astype(jnp.float32), 0.0)
-  dbias = jnp.sum(g, axes)
-  dscale = jnp.sum(g * normalized, axes)
-  dx = ((scale * inverse) * (g - (dbias + normalized * dscale) / rows)
-        + (dmean + 2.0 * dvar * centered) / rows)
-  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
-
-
-_batch_norm_relu.defvjp(_batch_norm_relu_fwd, _batch_norm_relu_bwd)
+  z = centered * (inverse * scale) + bias
+  dx = dx.astype(jnp.float32)
+  dmean = jnp.mean(dx, axes)
+  dvar = 2.0 * jnp.mean(centered * dx, axes)
+  dinverse = -0.5 * inverse ** 3 * dvar
+  dz = (dx - dmean) * (inverse * scale) + centered * (scale * dinverse + inverse * dscale) + dbias
+  y = jnp.maximum(0.0, z).astype(x.dtype)
+  return (y, mean, var), (jnp.where(z > 0, dz, 0.0).astype(x.dtype), dmean, dvar)

@@ -1,0 +1,48 @@
+"""Each lowering of an exported artifact computes as its own platform defaults to, not as the
+machine that exported it does (this one is a CPU)."""
+
+import pytest
+
+from inception_jax.configs import default
+from inception_jax.model import googlenet
+from inception_jax.serving import evaluation
+from inception_jax.serving import export
+from helpers import random_variables
+
+IMAGE_SIZE = 32
+
+
+def _loaded(dtype: str, ops: str | None) -> evaluation.LoadedModel:
+  """A googlenet_tiny run, in memory, with the given config dtype and kernel set."""
+  config = default.get_config()
+  config.model, config.dtype, config.image_size = 'googlenet_tiny', dtype, IMAGE_SIZE
+  model = googlenet.create_model('googlenet_tiny', num_classes=3, ops=ops)
+  return evaluation.LoadedModel(path='memory', step=0, model=model, config=config, meta={},
+                                variables=random_variables(model, IMAGE_SIZE))
+
+
+def test_gpu_and_tpu_lowerings_use_xla_kernels_and_bfloat16_when_the_run_says_auto():
+  loaded = _loaded('auto', None)
+  cpu = export.export_model(loaded, platforms=('cpu',)).mlir_module()
+  accelerators = export.export_model(loaded, platforms=('cuda', 'tpu')).mlir_module()
+  # The fast set computes 1x1 convolutions as dot_general; with XLA's kernels the
+  # classifier is the evaluation pass's only dot_general.
+  assert cpu.count('stablehlo.dot_general') > 10
+  assert accelerators.count('stablehlo.dot_general') == 2  # one per platform's branch
+  assert 'bf16' in accelerators and 'bf16' not in cpu
+  assert accelerators.count('stablehlo.convolution') > cpu.count('stablehlo.convolution')
+
+
+@pytest.mark.parametrize('dtype,ops,want_dtype,want_ops', [
+    ('auto', None, {'cpu': 'float32', 'cuda': 'bfloat16', 'tpu': 'bfloat16'},
+     {'cpu': 'fast', 'cuda': 'xla', 'tpu': 'xla'}),
+    ('float32', 'fast', dict.fromkeys(export.PLATFORMS, 'float32'),
+     dict.fromkeys(export.PLATFORMS, 'fast')),
+])
+def test_sidecar_names_each_platforms_compute_dtype(dtype, ops, want_dtype, want_ops):
+  """'auto' is float32 and the fast set on CPU, bfloat16 and XLA's kernels elsewhere
+  (docs/architecture.md); a dtype or kernel set the run names holds everywhere."""
+  loaded = _loaded(dtype, ops)
+  assert {p: m.ops for p, m in export.platform_models(loaded).items()} == want_ops
+  exported = export.export_model(loaded, 'float')
+  assert export.sidecar(loaded, exported, 'float', ('a', 'b', 'c'))['compute_dtype'] == want_dtype
