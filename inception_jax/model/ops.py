@@ -10,20 +10,24 @@ rounding) and runs unchanged on every backend; only the formulation differs:
     (`layers.pointwise_conv_relus`). A kernel larger than its input (the last
     blocks on small images) is a matrix product of gathered patches
     (`patches_conv2d`). Other convolutions are XLA's.
-  * `max_pool`: for inference the maxima are taken along rows, then columns; the
-    training forward pass takes them in one pass over the window cells and also
-    stores, per output, which cell of its window holds the maximum (one byte),
-    and the gradient is routed by those offsets instead of XLA's
-    `select_and_scatter`, which is several times slower on CPU. Ties send the
-    gradient to the first maximum of the window in row-major order, as
+  * `max_pool`: for inference the maxima are taken along rows, then columns;
+    differentiated, the forward pass takes them in one pass over the window
+    cells and also stores, per output, which cell of its window holds the
+    maximum (one byte), and the derivative is routed by those offsets instead
+    of XLA's `select_and_scatter`, which is several times slower on CPU. Ties
+    go to the first maximum of the window in row-major order, as
     `select_and_scatter` does, so the gradient is the same as `jax.grad`'s.
     Storing offsets instead of the pool's input and output also lowers the
     training step's peak memory. A bfloat16 input is pooled in float32.
-
   * `batch_norm_relu`: training-mode BatchNorm followed by ReLU with a
-    hand-written gradient: one reduction and one elementwise pass over the
+    hand-written derivative: one reduction and one elementwise pass over the
     input and the output gradient, where autodiff of the two layers makes
     several.
+
+Both derivatives are `jax.custom_jvp` rules that are linear in the tangents:
+forward mode (`jvp`, `jacfwd`, `linearize`, `hessian`) uses them as written,
+and reverse mode transposes them, so one rule serves every transformation,
+`vmap` and higher orders included.
 
 Measurements of each: docs/performance.md.
 """
@@ -206,19 +210,23 @@ def batch_norm_relu(x: Array, scale: Array, bias: Array, epsilon: float
   return _batch_norm_relu(x, scale, bias, epsilon)
 
 
-def _batch_statistics(x: Array) -> tuple[Array, Array]:
+def _batch_norm(x: Array, scale: Array, bias: Array, epsilon: float
+                ) -> tuple[Array, Array, Array, Array, Array]:
+  """BatchNorm before the ReLU, in float32: (output, mean, variance, x - mean, σ⁻¹)."""
   axes = tuple(range(x.ndim - 1))
   x = x.astype(jnp.float32)
   mean = jnp.mean(x, axes)
-  return mean, jnp.maximum(0.0, jnp.mean(jnp.square(x), axes) - jnp.square(mean))
+  var = jnp.maximum(0.0, jnp.mean(jnp.square(x), axes) - jnp.square(mean))
+  inverse = lax.rsqrt(var + epsilon)
+  centered = x - mean
+  return centered * (inverse * scale) + bias, mean, var, centered, inverse
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _batch_norm_relu(x: Array, scale: Array, bias: Array, epsilon: float
                      ) -> tuple[Array, Array, Array]:
-  mean, var = _batch_statistics(x)
-  y = jnp.maximum(0.0, (x - mean) * (lax.rsqrt(var + epsilon) * scale) + bias)
-  return y.astype(x.dtype), mean, var
+  z, mean, var, _, _ = _batch_norm(x, scale, bias, epsilon)
+  return jnp.maximum(0.0, z).astype(x.dtype), mean, var
 
 
 @_batch_norm_relu.defjvp
@@ -236,10 +244,7 @@ def _batch_norm_relu_jvp(epsilon: float, primals: tuple[Array, Array, Array],
   x, scale, bias = primals
   dx, dscale, dbias = tangents
   axes = tuple(range(x.ndim - 1))
-  mean, var = _batch_statistics(x)
-  inverse = lax.rsqrt(var + epsilon)
-  centered = x.astype(jnp.float32) - mean
-  z = centered * (inverse * scale) + bias
+  z, mean, var, centered, inverse = _batch_norm(x, scale, bias, epsilon)
   dx = dx.astype(jnp.float32)
   dmean = jnp.mean(dx, axes)
   dvar = 2.0 * jnp.mean(centered * dx, axes)
