@@ -40,7 +40,8 @@ def notebook(tmp_path_factory):
   with pytest.MonkeyPatch.context() as patch:
     patch.chdir(directory)
     for index, example in enumerate(_examples()):
-      exec(compile(example, f'docs/functional.md example {index}', 'exec'), namespace)  # pylint: disable=exec-used
+      code = compile(example, f'docs/functional.md example {index}', 'exec')
+      exec(code, namespace)  # pylint: disable=exec-used
   return namespace
 
 
@@ -87,8 +88,8 @@ def test_ensemble_members_are_the_models_initialized_one_by_one(notebook):
   ns = notebook
   model, images = ns['model'], ns['images']
   member = model.init(ns['seeds'][2], images[:1], train=False)
-  np.testing.assert_allclose(ns['member_logits'][2], model.apply(member, images, train=False).logits,
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(ns['member_logits'][2],
+                             model.apply(member, images, train=False).logits, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(ns['ensemble_probabilities'].sum(-1), 1.0, rtol=1e-5)
 
 
