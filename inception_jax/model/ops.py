@@ -181,20 +181,56 @@ def _max_pool(x: Array, window: int, stride: int, padding: Padding) -> Array:
 @_max_pool.defjvp
 def _max_pool_jvp(window: int, stride: int, padding: Padding, primals: tuple[Array],
                   tangents: tuple[Array]) -> tuple[Array, Array]:
-  """The maxima and the input tangent at each output's stored offset.
+  """The maxima and, for each output, the input tangent at its stored offset.
 
-  The tangent is linear in the input's, so reverse mode transposes it into the
-  gradient routing: each output's cotangent added to the window cell its offset
-  names, the int8 offsets being all the backward pass keeps of the forward.
+  That gather is written as the transpose of `_route`, which is linear, so
+  reverse mode transposes it back into `_route` itself: the gradient is routed
+  phase by phase, the int8 offsets being all it keeps of the forward pass.
   """
   (x,), (dx,) = primals, tangents
   y, offsets = _max_and_offsets(x, window, stride, padding)
-  cells = _pad_cells(dx, padding, 0)
-  zero = jnp.zeros((), dx.dtype)
-  dy = sum(jnp.where(offsets == k, _window_cells(cells, *divmod(k, window), y.shape[1:3],
-                                                 stride), zero)
-           for k in range(window * window))
+  route = functools.partial(_route, offsets=offsets, in_shape=x.shape, window=window,
+                            stride=stride, padding=padding)
+  (dy,) = jax.linear_transpose(route, jax.ShapeDtypeStruct(y.shape, dx.dtype))(dx)
   return y, dy
+
+
+def _route(grad: Array, offsets: Array, in_shape: tuple[int, ...], window: int, stride: int,
+           padding: Padding) -> Array:
+  """Sends each output's gradient to the window cell its stored offset names.
+
+  The input gradient is assembled phase by phase: the padded input's cells at
+  row r ≡ a and column c ≡ b (mod stride) receive gradient only from the window
+  offsets (i, j) ≡ (a, b), each from the output shifted by (i // stride, j //
+  stride) whole cells. So each phase is one sum, at output resolution, of
+  slices of the gradient and the offsets padded once (no scatter, no padding
+  inside the sum), and one interleave builds the result.
+  """
+  (top, bottom), (left, right) = padding
+  _, in_h, in_w, channels = in_shape
+  batch, out_h, out_w, _ = grad.shape
+  height, width = in_h + top + bottom, in_w + left + right
+  rows, cols = -(-height // stride), -(-width // stride)  # cells per phase
+  reach = (window - 1) // stride
+  border = ((reach, rows - out_h), (reach, cols - out_w))
+  grad_padded = _pad_cells(grad, border, 0)
+  offsets_padded = _pad_cells(offsets, border, window * window)
+  zero = jnp.zeros((), grad.dtype)
+  phases = []
+  for a in range(stride):
+    for b in range(stride):
+      phase = jnp.zeros((batch, rows, cols, channels), grad.dtype)
+      for i in range(a, window, stride):
+        for j in range(b, window, stride):
+          start = (0, reach - i // stride, reach - j // stride, 0)
+          limit = (batch, start[1] + rows, start[2] + cols, channels)
+          hit = lax.slice(offsets_padded, start, limit) == i * window + j
+          phase = phase + jnp.where(hit, lax.slice(grad_padded, start, limit), zero)
+      phases.append(phase)
+  dpadded = jnp.stack(phases, axis=3).reshape(batch, rows, cols, stride, stride, channels)
+  dpadded = dpadded.transpose(0, 1, 3, 2, 4, 5).reshape(
+      batch, rows * stride, cols * stride, channels)
+  return dpadded[:, top:top + in_h, left:left + in_w, :]
 
 
 def batch_norm_relu(x: Array, scale: Array, bias: Array, epsilon: float
