@@ -104,6 +104,7 @@ def _assert_close(got, want, what):
                                rtol=0, err_msg=f'{what}{jax.tree_util.keystr(path)}')
 
 
+@pytest.mark.slow  # each model and mode compiles about ten differentiated copies of the network
 @pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
 @pytest.mark.parametrize('name', ['googlenet_tiny', 'googlenet_bn_tiny'])
 @pytest.mark.parametrize('ops', ops_lib.OPS)
