@@ -8,6 +8,10 @@ package (and `python -m inception_jax --help`) loads neither JAX nor TensorFlow:
   predictor = inception_jax.Predictor('workdirs/default')  # a trained run
   predictions, skipped = predictor.predict(['digit.png'])
   net = inception_jax.pretrained('torchvision')  # model, variables, preprocessing
+
+Functional use (docs/functional.md): `load_run` gives a run as (model, variables,
+config); `model_loss` is the paper's loss as a pure function; `TrainState`,
+`create_train_state` and `train_step` make a custom training loop.
 """
 
 import importlib
@@ -25,6 +29,11 @@ _PUBLIC = {
     'Prediction': 'inception_jax.serving.inference',
     'pretrained': 'inception_jax.serving.pretrained',
     'Pretrained': 'inception_jax.serving.pretrained',
+    'load_run': 'inception_jax.serving.functional',
+    'model_loss': 'inception_jax.training.steps',
+    'TrainState': 'inception_jax.training.steps',
+    'create_train_state': 'inception_jax.training.steps',
+    'train_step': 'inception_jax.training.steps',
 }
 
 __all__ = ['__version__', *_PUBLIC]

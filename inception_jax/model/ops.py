@@ -10,20 +10,28 @@ rounding) and runs unchanged on every backend; only the formulation differs:
     (`layers.pointwise_conv_relus`). A kernel larger than its input (the last
     blocks on small images) is a matrix product of gathered patches
     (`patches_conv2d`). Other convolutions are XLA's.
-  * `max_pool`: for inference the maxima are taken along rows, then columns; the
-    training forward pass takes them in one pass over the window cells and also
-    stores, per output, which cell of its window holds the maximum (one byte),
-    and the gradient is routed by those offsets instead of XLA's
-    `select_and_scatter`, which is several times slower on CPU. Ties send the
-    gradient to the first maximum of the window in row-major order, as
+  * `max_pool`: for inference the maxima are taken along rows, then columns;
+    differentiated, the forward pass takes them in one pass over the window
+    cells and also stores, per output, which cell of its window holds the
+    maximum (one byte), and the derivative is routed by those offsets instead
+    of XLA's `select_and_scatter`, which is several times slower on CPU. Ties
+    go to the first maximum of the window in row-major order, as
     `select_and_scatter` does, so the gradient is the same as `jax.grad`'s.
     Storing offsets instead of the pool's input and output also lowers the
     training step's peak memory. A bfloat16 input is pooled in float32.
-
   * `batch_norm_relu`: training-mode BatchNorm followed by ReLU with a
-    hand-written gradient: one reduction and one elementwise pass over the
+    hand-written derivative: one reduction and one elementwise pass over the
     input and the output gradient, where autodiff of the two layers makes
     several.
+
+Both derivatives are `jax.custom_jvp` rules whose tangents are the transposes
+(`jax.linear_transpose`) of the hand-written gradients, which are linear in
+the cotangents. Forward mode (`jvp`, `jacfwd`, `linearize`, `hessian`) uses
+the rules as written and reverse mode transposes them back into the
+hand-written gradients, so one rule serves every transformation, `vmap` and
+higher orders included, and training runs the fast gradients. (A tangent rule
+written directly, as a gather of the tangent at the stored offsets, is just as
+correct, but XLA runs its derived transpose several times slower on CPU.)
 
 Measurements of each: experiments/results/cpu_tuning.md.
 """
@@ -171,21 +179,31 @@ def _max_and_offsets(x: Array, window: int, stride: int, padding: Padding
   return y, offsets
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x: Array, window: int, stride: int, padding: Padding) -> Array:
   return _reduce_max(x, window, stride, padding)
 
 
-def _max_pool_fwd(x: Array, window: int, stride: int, padding: Padding
-                  ) -> tuple[Array, tuple[Array, Array]]:
+@_max_pool.defjvp
+def _max_pool_jvp(window: int, stride: int, padding: Padding, primals: tuple[Array],
+                  tangents: tuple[Array]) -> tuple[Array, Array]:
+  """The maxima and, for each output, the input tangent at its stored offset.
+
+  That gather is written as the transpose of `_route`, which is linear, so
+  reverse mode transposes it back into `_route` itself: the gradient is routed
+  phase by phase, the int8 offsets being all it keeps of the forward pass.
+  """
+  (x,), (dx,) = primals, tangents
   y, offsets = _max_and_offsets(x, window, stride, padding)
-  empty = jnp.zeros((0, *x.shape[1:]), x.dtype)  # carries x's shape and dtype, no data
-  return y, (offsets, empty)
+  route = functools.partial(_route, offsets=offsets, in_shape=x.shape, window=window,
+                            stride=stride, padding=padding)
+  (dy,) = jax.linear_transpose(route, jax.ShapeDtypeStruct(y.shape, dx.dtype))(dx)
+  return y, dy
 
 
-def _max_pool_bwd(window: int, stride: int, padding: Padding, residuals: tuple[Array, Array],
-                  grad: Array) -> tuple[Array]:
-  """Routes each output's gradient to the window cell its stored offset names.
+def _route(grad: Array, offsets: Array, in_shape: tuple[int, ...], window: int, stride: int,
+           padding: Padding) -> Array:
+  """Sends each output's gradient to the window cell its stored offset names.
 
   The input gradient is assembled phase by phase: the padded input's cells at
   row r ≡ a and column c ≡ b (mod stride) receive gradient only from the window
@@ -194,9 +212,8 @@ def _max_pool_bwd(window: int, stride: int, padding: Padding, residuals: tuple[A
   slices of the gradient and the offsets padded once (no scatter, no padding
   inside the sum), and one interleave builds the result.
   """
-  offsets, empty = residuals
   (top, bottom), (left, right) = padding
-  _, in_h, in_w, channels = empty.shape
+  _, in_h, in_w, channels = in_shape
   batch, out_h, out_w, _ = grad.shape
   height, width = in_h + top + bottom, in_w + left + right
   rows, cols = -(-height // stride), -(-width // stride)  # cells per phase
@@ -219,10 +236,7 @@ def _max_pool_bwd(window: int, stride: int, padding: Padding, residuals: tuple[A
   dpadded = jnp.stack(phases, axis=3).reshape(batch, rows, cols, stride, stride, channels)
   dpadded = dpadded.transpose(0, 1, 3, 2, 4, 5).reshape(
       batch, rows * stride, cols * stride, channels)
-  return (dpadded[:, top:top + in_h, left:left + in_w, :],)
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+  return dpadded[:, top:top + in_h, left:left + in_w, :]
 
 
 def batch_norm_relu(x: Array, scale: Array, bias: Array, epsilon: float
@@ -238,35 +252,44 @@ def batch_norm_relu(x: Array, scale: Array, bias: Array, epsilon: float
   return _batch_norm_relu(x, scale, bias, epsilon)
 
 
-def _batch_statistics(x: Array) -> tuple[Array, Array]:
+def _batch_norm(x: Array, scale: Array, bias: Array, epsilon: float
+                ) -> tuple[Array, Array, Array, Array]:
+  """BatchNorm before the ReLU, in float32: (output, mean, variance, σ⁻¹)."""
   axes = tuple(range(x.ndim - 1))
   x = x.astype(jnp.float32)
   mean = jnp.mean(x, axes)
-  return mean, jnp.maximum(0.0, jnp.mean(jnp.square(x), axes) - jnp.square(mean))
+  var = jnp.maximum(0.0, jnp.mean(jnp.square(x), axes) - jnp.square(mean))
+  inverse = lax.rsqrt(var + epsilon)
+  return (x - mean) * (inverse * scale) + bias, mean, var, inverse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _batch_norm_relu(x: Array, scale: Array, bias: Array, epsilon: float
                      ) -> tuple[Array, Array, Array]:
-  return _batch_norm_relu_fwd(x, scale, bias, epsilon)[0]
+  z, mean, var, _ = _batch_norm(x, scale, bias, epsilon)
+  return jnp.maximum(0.0, z).astype(x.dtype), mean, var
 
 
-def _batch_norm_relu_fwd(x: Array, scale: Array, bias: Array, epsilon: float
-                         ) -> tuple[tuple[Array, Array, Array], tuple[Array, ...]]:
-  mean, var = _batch_statistics(x)
-  inverse = lax.rsqrt(var + epsilon)
-  y = jnp.maximum(0.0, (x - mean) * (inverse * scale) + bias).astype(x.dtype)
-  return (y, mean, var), (x, scale, bias, mean, inverse)
+@_batch_norm_relu.defjvp
+def _batch_norm_relu_jvp(epsilon: float, primals: tuple[Array, Array, Array],
+                         tangents: tuple[Array, Array, Array]
+                         ) -> tuple[tuple[Array, Array, Array], tuple[Array, Array, Array]]:
+  """The outputs and their tangents, written as the transpose of `_batch_norm_relu_grad`,
+  which is linear in the cotangents: reverse mode transposes them back into it."""
+  x, scale, bias = primals
+  z, mean, var, inverse = _batch_norm(x, scale, bias, epsilon)
+  y = jnp.maximum(0.0, z).astype(x.dtype)
+  grad = functools.partial(_batch_norm_relu_grad, x, scale, bias, mean, inverse)
+  outputs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (y, mean, var)]
+  return (y, mean, var), jax.linear_transpose(grad, *outputs)(tuple(tangents))
 
 
-def _batch_norm_relu_bwd(epsilon: float, residuals: tuple[Array, ...],
-                         grads: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+def _batch_norm_relu_grad(x: Array, scale: Array, bias: Array, mean: Array, inverse: Array,
+                          dy: Array, dmean: Array, dvar: Array) -> tuple[Array, Array, Array]:
   """With x̂ = (x - mean)/σ, g = dy where the output is positive, m the rows:
   dbias = Σg, dscale = Σ g·x̂, dx = scale/σ · (g - dbias/m - x̂·dscale/m)
-  + dmean/m + dvar·2(x - mean)/m (the statistics' own cotangents)."""
-  del epsilon  # in `inverse`
-  x, scale, bias, mean, inverse = residuals
-  dy, dmean, dvar = grads
+  + dmean/m + dvar·2(x - mean)/m (the statistics' own cotangents): one reduction
+  and one elementwise pass, where autodiff of the two layers makes several."""
   axes = tuple(range(x.ndim - 1))
   rows = x.size // x.shape[-1]
   centered = x.astype(jnp.float32) - mean
@@ -277,6 +300,3 @@ def _batch_norm_relu_bwd(epsilon: float, residuals: tuple[Array, ...],
   dx = ((scale * inverse) * (g - (dbias + normalized * dscale) / rows)
         + (dmean + 2.0 * dvar * centered) / rows)
   return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
-
-
-_batch_norm_relu.defvjp(_batch_norm_relu_fwd, _batch_norm_relu_bwd)

@@ -14,8 +14,10 @@ eval_resize_ratio), centre crop):
     normalization is inside the artifact.
   * 'float': float32 [b, H, W, 3] already normalized as (pixels - mean_rgb) / std_rgb.
 
-Next to the artifact, `<path>.json` records the input dtype, shape and
-normalization, the output, and the class names.
+Each platform's lowering computes with that platform's default kernel set and
+dtype where the run left them at 'auto' (`platform_models`), whichever machine
+exports. Next to the artifact, `<path>.json` records the input dtype, shape and
+normalization, the output, the compute dtype per platform and the class names.
 
 Optionally (`--saved-model DIR`) the same function is also written as a TensorFlow
 SavedModel through `jax2tf` (signature 'serving_default': images -> {'logits'}),
@@ -23,12 +25,14 @@ for TensorFlow Serving or TF-only consumers.
 """
 
 import argparse
+import functools
 import json
 import pathlib
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 from jax import export as jax_export
+from jax import lax
 from jax.experimental import jax2tf
 import jax.numpy as jnp
 import numpy as np
@@ -37,6 +41,8 @@ import tensorflow as tf
 from inception_jax import errors
 from inception_jax import paths
 from inception_jax.data import preprocessing
+from inception_jax.model import googlenet
+from inception_jax.model import ops as ops_lib
 from inception_jax.serving import evaluation
 from inception_jax.training import rundir
 
@@ -53,27 +59,42 @@ def serving_function(loaded: evaluation.LoadedModel, input_kind: str
         f'input_kind must be one of {sorted(INPUT_KINDS)}, got {input_kind!r}.')
   mean = np.asarray(loaded.config.mean_rgb, np.float32)
   std = np.asarray(loaded.config.std_rgb, np.float32)
-  model, variables = loaded.model, loaded.variables
+  branches = {platform: functools.partial(model.apply, loaded.variables, train=False)
+              for platform, model in platform_models(loaded).items()}
 
   def logits(images: jax.Array) -> jax.Array:
     if input_kind == 'uint8':
       images = (images.astype(jnp.float32) - mean) / std
-    return model.apply(variables, images, train=False).logits
+    return lax.platform_dependent(images, **branches).logits
 
   return logits
 
 
+def platform_models(loaded: evaluation.LoadedModel) -> dict[str, googlenet.GoogLeNet]:
+  """The run's model as each of PLATFORMS computes it.
+
+  A kernel set or dtype the run left at 'auto' is resolved for that platform,
+  not for the machine that exports, so each lowering of the artifact computes
+  as its platform's own training and evaluation would.
+  """
+  return {platform: loaded.model.clone(
+              ops=ops_lib.resolve(loaded.model.ops, platform),
+              dtype=googlenet.DTYPES[googlenet.resolve_dtype(loaded.config.dtype, platform)])
+          for platform in PLATFORMS}
+
+
 def export_model(loaded: evaluation.LoadedModel, input_kind: str = 'uint8',
-                 image_size: int | None = None) -> jax_export.Exported:
+                 image_size: int | None = None, platforms: Sequence[str] = PLATFORMS
+                 ) -> jax_export.Exported:
   """The `jax.export` of `serving_function` for [b, size, size, 3] inputs, any b.
 
-  `image_size` defaults to the run's.
+  `image_size` defaults to the run's; `platforms` are some of PLATFORMS.
   """
   serve = serving_function(loaded, input_kind)
   size = image_size or loaded.config.image_size
   spec = jax.ShapeDtypeStruct(jax_export.symbolic_shape(f'b, {size}, {size}, 3'),
                               INPUT_KINDS[input_kind])
-  return jax_export.export(jax.jit(serve), platforms=PLATFORMS)(spec)
+  return jax_export.export(jax.jit(serve), platforms=tuple(platforms))(spec)
 
 
 def write_saved_model(loaded: evaluation.LoadedModel, directory: str | pathlib.Path,
@@ -134,6 +155,9 @@ def sidecar(loaded: evaluation.LoadedModel, exported: jax_export.Exported, input
                                                                    config.eval_resize_ratio),
                            'then': 'centre crop'}},
       'output': {'name': 'logits', 'dtype': 'float32', 'shape': ['b', len(class_names)]},
+      'compute_dtype': {platform: jnp.dtype(model.dtype).name
+                        for platform, model in platform_models(loaded).items()
+                        if platform in exported.platforms},
       'model': config.model, 'checkpoint': loaded.path, 'step': loaded.step,
       'class_names': list(class_names),
   }

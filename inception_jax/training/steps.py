@@ -175,6 +175,38 @@ def classification_loss(output: googlenet.ModelOutput, labels: Array, aux_weight
   return loss, {'loss': loss, **terms}
 
 
+def model_loss(model: nn.Module, variables: Mapping[str, Params], batch: Batch,
+               rng: Array | None = None, train: bool = True, *, aux_weight: float = 0.3,
+               label_smoothing: float = 0.0) -> tuple[Array, tuple[Metrics, Params]]:
+  """The paper's loss of `model` with `variables` on `batch`, a pure function.
+
+  Args:
+    model: a GoogLeNet (`create_model`).
+    variables: {'params': ..., 'batch_stats': ...} ('batch_stats' only with BatchNorm).
+    batch: {'image': float [B, H, W, 3] normalized, 'label': int [B]}.
+    rng: the dropout key; needed when `train` (dropout and the aux heads are on).
+    train: training mode: dropout, aux heads and BatchNorm on the batch's statistics.
+    aux_weight: the weight of each auxiliary head's loss (the paper's 0.3).
+    label_smoothing: label smoothing of every cross-entropy term.
+
+  Returns:
+    (loss, (terms, batch_stats)): the scalar loss; `classification_loss`'s terms;
+    the BatchNorm running statistics updated by this batch in training mode, else
+    the given ones ({} without BatchNorm). Its gradient with respect to the
+    variables: `jax.grad(model_loss, argnums=1, has_aux=True)`.
+  """
+  batch_stats = variables.get('batch_stats', {})
+  rngs = {'dropout': rng} if rng is not None else {}
+  if train and batch_stats:
+    output, updated = model.apply(variables, batch['image'], train=True, rngs=rngs,
+                                  mutable=['batch_stats'])
+    batch_stats = updated['batch_stats']
+  else:
+    output = model.apply(variables, batch['image'], train=train, rngs=rngs)
+  loss, terms = classification_loss(output, batch['label'], aux_weight, label_smoothing)
+  return loss, (terms, batch_stats)
+
+
 def train_step(state: TrainState, batch: Batch, *, aux_weight: float,
                label_smoothing: float = 0.0,
                keep_batch_stats: bool = False) -> tuple[TrainState, Metrics]:
