@@ -5,6 +5,7 @@ import pathlib
 import struct
 import zlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,3 +70,13 @@ def write_png_bomb(path, side: int = 20000, rows_per_piece: int = 100) -> str:
   pathlib.Path(path).write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header)
                                  + chunk(b'IDAT', stream) + chunk(b'IEND', b''))
   return str(path)
+
+
+def flax_batch_norm_relu(x, scale, bias):
+  """(ReLU of nn.BatchNorm in training mode, batch mean, batch variance): XLA's formulation of
+  `ops.batch_norm_relu`; momentum 0 puts the batch's statistics in batch_stats."""
+  y, state = nn.BatchNorm(momentum=0.0, epsilon=1e-3).apply(
+      {'params': {'scale': scale, 'bias': bias},
+       'batch_stats': {'mean': jnp.zeros_like(scale), 'var': jnp.ones_like(scale)}},
+      x, use_running_average=False, mutable=['batch_stats'])
+  return nn.relu(y), state['batch_stats']['mean'], state['batch_stats']['var']

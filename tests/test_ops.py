@@ -11,6 +11,7 @@ import pytest
 
 from inception_jax import xla_options
 from inception_jax.model import layers, googlenet, ops
+from helpers import flax_batch_norm_relu
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 # Each check compiles as one program, with the fast-compile options: op by op, every window
@@ -140,15 +141,6 @@ def _assert_conv_matches_xla(fn, key, shape, kernel_size, stride, pad):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
-def _flax_batch_norm_relu(x, scale, bias):
-  """(ReLU of nn.BatchNorm, batch mean, batch variance): momentum 0 puts the batch's in batch_stats."""
-  y, state = nn.BatchNorm(momentum=0.0, epsilon=1e-3).apply(
-      {'params': {'scale': scale, 'bias': bias},
-       'batch_stats': {'mean': jnp.zeros_like(scale), 'var': jnp.ones_like(scale)}},
-      x, use_running_average=False, mutable=['batch_stats'])
-  return nn.relu(y), state['batch_stats']['mean'], state['batch_stats']['var']
-
-
 def test_batch_norm_relu_equals_flax_with_the_same_gradients():
   keys = jax.random.split(jax.random.key(5), 6)
   x = 2.0 + jax.random.normal(keys[0], (4, 5, 6, 3))
@@ -160,13 +152,13 @@ def test_batch_norm_relu_equals_flax_with_the_same_gradients():
     return sum(jnp.sum(out * w) for out, w in zip(fn(*args), weights))
 
   got = _jit(ops.batch_norm_relu, static_argnums=3)(x, scale, bias, 1e-3)
-  want = _jit(_flax_batch_norm_relu)(x, scale, bias)
+  want = _jit(flax_batch_norm_relu)(x, scale, bias)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, **TOL)
   assert 0.2 < float(jnp.mean(got[0] == 0)) < 0.8  # the ReLU cuts a real share
   got_grads = _jit(jax.grad(lambda *a: loss(lambda *b: ops.batch_norm_relu(*b, 1e-3), *a),
                             argnums=(0, 1, 2)))(x, scale, bias)
-  want_grads = _jit(jax.grad(lambda *a: loss(_flax_batch_norm_relu, *a), argnums=(0, 1, 2)))(
+  want_grads = _jit(jax.grad(lambda *a: loss(flax_batch_norm_relu, *a), argnums=(0, 1, 2)))(
       x, scale, bias)
   for g, w in zip(got_grads, want_grads):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)

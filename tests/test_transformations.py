@@ -27,6 +27,7 @@ from inception_jax import xla_options
 from inception_jax.model import googlenet
 from inception_jax.model import ops as ops_lib
 from inception_jax.training import steps
+from helpers import flax_batch_norm_relu
 
 IMAGE_SHAPE = (2, 32, 32, 3)
 CLASSES = 5
@@ -128,20 +129,11 @@ def _tree_dot(a, b) -> float:
 POOL_PADDING = ((0, 1), (0, 1))  # ceil mode on 6x6: the last windows overhang
 
 
-def _flax_batch_norm_relu(x, scale, bias):
-  """(ReLU of nn.BatchNorm in training mode, batch mean, batch variance)."""
-  y, state = nn.BatchNorm(momentum=0.0, epsilon=1e-3).apply(
-      {'params': {'scale': scale, 'bias': bias},
-       'batch_stats': {'mean': jnp.zeros_like(scale), 'var': jnp.ones_like(scale)}},
-      x, use_running_average=False, mutable=['batch_stats'])
-  return nn.relu(y), state['batch_stats']['mean'], state['batch_stats']['var']
-
-
 KERNELS = {  # name: (the fast set's function, XLA's formulation of it)
     'max_pool': (lambda x, s, b: ops_lib.max_pool(x * s + b, 3, 2, POOL_PADDING),
                  lambda x, s, b: nn.max_pool(x * s + b, (3, 3), (2, 2), padding=POOL_PADDING)),
     'batch_norm_relu': (lambda x, s, b: ops_lib.batch_norm_relu(x, s, b, 1e-3),
-                        _flax_batch_norm_relu),
+                        flax_batch_norm_relu),
 }
 
 
