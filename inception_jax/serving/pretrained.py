@@ -60,7 +60,7 @@ def pretrained(name_or_path: str | pathlib.Path) -> Pretrained:
   'torchvision' or 'caffe': the official files (downloaded once into the cache,
   checked); a `.pth` torchvision state dict (trained with `transform_input=True`, as
   torchvision's own) or a bvlc_googlenet `.caffemodel`; or a run directory, its
-  checkpoints/ or one step folder. Raises `config.UserError` saying what was wrong.
+  checkpoints/ or one step folder. Raises `errors.UserError` saying what was wrong.
   """
   text = str(name_or_path)
   if text in weights.OFFICIAL:
