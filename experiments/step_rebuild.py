@@ -45,7 +45,7 @@ def main() -> None:
       lambda name, seconds, **kwargs: events.append((name, seconds)))
   if args.persistent_cache:
     compilation_cache.use_persistent_cache(tempfile.mkdtemp())
-  batch = {'image': jnp.zeros((CASE.batch, CASE.size, CASE.size, 3)),
+  batch = {'image': jnp.zeros((CASE.batch, CASE.size, CASE.size, 3), jnp.uint8),
            'label': jnp.zeros((CASE.batch,), jnp.int32)}
   config, mesh, state, state_sharding = build_state()
   for label in ('first build and step', 'step built again', 'state and step built again'):

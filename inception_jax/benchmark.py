@@ -162,8 +162,8 @@ def compile_jax(case: Case, ops: str, compiler_options: dict[str, Any] | None
   """
   model = googlenet.create_model(case.model, dtype=case.dtype, ops=ops)
   shape = (case.batch, case.size, case.size, 3)
-  images = jax.random.normal(jax.random.key(1), shape, jnp.float32)
   if case.kind == 'infer':
+    images = jax.random.normal(jax.random.key(1), shape, jnp.float32)
     variables = googlenet.init_variables(model, jax.random.key(0), (1, *shape[1:]))
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False).logits)
     if compiler_options is None:
@@ -174,7 +174,8 @@ def compile_jax(case: Case, ops: str, compiler_options: dict[str, Any] | None
   config = _train_config(case)
   mesh = sharding.create_mesh(jax.devices()[:1])
   state, state_sharding = steps.create_train_state(config, model, (1, *shape[1:]), mesh, 1000)
-  batch = {'image': images, 'label': jnp.arange(case.batch, dtype=jnp.int32) % 1000}
+  pixels = jax.random.randint(jax.random.key(1), shape, 0, 256).astype(jnp.uint8)
+  batch = {'image': pixels, 'label': jnp.arange(case.batch, dtype=jnp.int32) % 1000}
   step = steps.make_train_step(config, mesh, state_sharding, compiler_options)
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()

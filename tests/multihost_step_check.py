@@ -29,7 +29,7 @@ NUM_CLASSES = 5
 def global_batch(step: int) -> dict[str, np.ndarray]:
   """The step's whole batch, the same in every process layout."""
   rng = np.random.default_rng(step)
-  return {'image': rng.normal(size=(GLOBAL_BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
+  return {'image': rng.integers(0, 256, (GLOBAL_BATCH, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8),
           'label': rng.integers(0, NUM_CLASSES, size=GLOBAL_BATCH).astype(np.int32)}
 
 

@@ -147,9 +147,8 @@ def _model(name: str, **options) -> googlenet.GoogLeNet:
 
 
 def _batch() -> dict[str, np.ndarray]:
-  images = np.asarray(jax.random.normal(jax.random.key(1), (BATCH, *IMAGE_SHAPE[1:])),
-                      np.float32)
-  return {'image': images, 'label': np.arange(BATCH, dtype=np.int32) % NUM_CLASSES}
+  pixels = np.random.default_rng(1).integers(0, 256, (BATCH, *IMAGE_SHAPE[1:]), np.uint8)
+  return {'image': pixels, 'label': np.arange(BATCH, dtype=np.int32) % NUM_CLASSES}
 
 
 def _mesh(device) -> jax.sharding.Mesh:
@@ -236,8 +235,9 @@ def _loss_and_grads(model: googlenet.GoogLeNet, host_state: steps.TrainState, de
   key = jax.random.fold_in(jax.random.wrap_key_data(jnp.asarray(host_state.rng)), 0)
 
   def loss_fn(params):
-    output, updated = model.apply(googlenet.model_variables(params, batch_stats), batch['image'],
-                                  train=True, rngs={'dropout': key}, mutable=['batch_stats'])
+    output, updated = model.apply(googlenet.model_variables(params, batch_stats),
+                                  host_state.model_input(batch['image']), train=True,
+                                  rngs={'dropout': key}, mutable=['batch_stats'])
     loss, _ = steps.classification_loss(output, batch['label'], 0.3)
     return loss, (output.logits, updated.get('batch_stats', {}))
 

@@ -301,17 +301,24 @@ def test_a_run_that_goes_nonfinite_on_gs_uploads_its_events_and_trace_and_cleans
   # pylint: disable=import-outside-toplevel
   import tempfile
   from inception_jax import errors
+  from inception_jax.data import pixels
   from inception_jax.training import loop
   monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))  # where the writer keeps its events
-  # The 4th batch on is NaN: steps 1 to 3 are logged (within the writer's 30 s between
-  # uploads, so only the first is uploaded as it is written), then the loss is NaN.
+  # The 4th batch on is blank, which the step's normalization turns into NaN here: steps
+  # 1 to 3 are logged (within the writer's 30 s between uploads, so only the first is
+  # uploaded as it is written), then the loss is NaN.
   create = loop.pipeline.create_train_iterator
+  normalize = pixels.normalize
 
-  def nan_from_step_4(*args, **kwargs):
+  def blank_from_step_4(*args, **kwargs):
     for step, batch in enumerate(create(*args, **kwargs), 1):
-      yield batch if step < 4 else {**batch, 'image': batch['image'] * jnp.nan}
+      yield batch if step < 4 else {**batch, 'image': jnp.zeros_like(batch['image'])}
 
-  monkeypatch.setattr(loop.pipeline, 'create_train_iterator', nan_from_step_4)
+  def nan_if_blank(images, mean_rgb, std_rgb):
+    return jnp.where(jnp.all(images == 0), jnp.nan, normalize(images, mean_rgb, std_rgb))
+
+  monkeypatch.setattr(loop.pipeline, 'create_train_iterator', blank_from_step_4)
+  monkeypatch.setattr(pixels, 'normalize', nan_if_blank)
   # The trace of steps 3 to 5 is still running when the run stops: it is uploaded too.
   config = tiny_config(digits_data_dir, num_train_steps=8, log_every_steps=1,
                        checkpoint_every_steps=100, eval_every_steps=100, profile_steps='3:5')

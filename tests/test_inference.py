@@ -51,10 +51,10 @@ def run_dir(tmp_path_factory, images):
   config.eval_resize_ratio = 1.0
   model = rundir.build_model(config, len(CLASSES))
   variables = random_variables(model, IMAGE_SIZE)
-  preprocess = preprocessing.EvalPreprocess(IMAGE_SIZE, tuple(config.mean_rgb),
-                                            tuple(config.std_rgb), resize_ratio=1.0)
+  preprocess = preprocessing.EvalPreprocess(IMAGE_SIZE, resize_ratio=1.0)
   (_, pixels), = inference.preprocessed_batches([images['red'], images['blue']], preprocess, 2)
-  f_red, f_blue = np.asarray(googlenet.extract_features(model, variables, pixels)['pooled'])
+  inputs = (pixels - np.float32(config.mean_rgb)) / np.float32(config.std_rgb)
+  f_red, f_blue = np.asarray(googlenet.extract_features(model, variables, inputs)['pooled'])
   direction = f_red - f_blue
   w = direction * 10 / np.dot(direction, direction)
   bias = -np.dot(w, (f_red + f_blue) / 2)

@@ -138,7 +138,7 @@ def test_sklearn_digits_split_is_fixed_and_stratified():
 def test_train_batches_have_local_shapes(digits_config):
   batch, = _train_batches(digits_config, 1, process_index=1, process_count=2)
   assert batch['image'].shape == (8, IMAGE_SIZE, IMAGE_SIZE, 3)
-  assert batch['image'].dtype == np.float32
+  assert batch['image'].dtype == np.uint8
   assert batch['label'].dtype == np.int32 and set(batch['label']) <= set(range(10))
 
 

@@ -46,8 +46,15 @@ def _copy(state: steps.TrainState) -> steps.TrainState:
 
 
 def _tiny_batch(size: int = 8, seed: int = 1) -> dict[str, jax.Array]:
-  images = jax.random.normal(jax.random.key(seed), (size, *IMAGE_SHAPE[1:]))
-  return {'image': images, 'label': jnp.arange(size, dtype=jnp.int32) % NUM_CLASSES}
+  pixels = jax.random.randint(jax.random.key(seed), (size, *IMAGE_SHAPE[1:]), 0, 256)
+  return {'image': pixels.astype(jnp.uint8),
+          'label': jnp.arange(size, dtype=jnp.int32) % NUM_CLASSES}
+
+
+def _normalized(pixels, config) -> np.ndarray:
+  """The model inputs of uint8 pixels, by numpy in float64."""
+  return ((np.asarray(pixels, np.float64) - np.asarray(config.mean_rgb))
+          / np.asarray(config.std_rgb))
 
 
 @pytest.fixture(scope='module')
@@ -154,7 +161,8 @@ def test_step_updates_state_and_reports_every_metric(tiny):
   before = jax.device_get(state)
   batch = _tiny_batch()
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 0)
-  logits = tiny.forward(state.params, batch['image'], key).logits  # the step's own
+  logits = tiny.forward(state.params, _normalized(batch['image'], tiny.config),
+                        key).logits  # the step's own
   new_state, metrics = tiny.step(state, batch)
   after, metrics = jax.device_get((new_state, metrics))
   assert set(metrics) == {'loss', 'main_loss', 'aux1_loss', 'aux2_loss', 'top1', 'top5',
@@ -183,11 +191,12 @@ def test_dropout_key_is_the_base_key_folded_with_the_step(tiny):
   batch = _tiny_batch()
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 0)
   forward = tiny.forward
-  output = forward(state.params, batch['image'], key)
+  images = _normalized(batch['image'], tiny.config)
+  output = forward(state.params, images, key)
   _, metrics = tiny.step(state, batch)
   expected = steps.cross_entropy(output.logits, batch['label']).mean()
   np.testing.assert_allclose(metrics['main_loss'], expected, rtol=1e-5)
-  other = forward(tiny.state.params, batch['image'], jax.random.fold_in(key, 1))
+  other = forward(tiny.state.params, images, jax.random.fold_in(key, 1))
   assert abs(float(steps.cross_entropy(other.logits, batch['label']).mean()) - expected) > 1e-4
 
 
@@ -218,10 +227,13 @@ def test_overfits_a_tiny_batch(tiny):
   assert np.mean([m['loss'] for m in history[-10:]]) < history[0]['loss'] / 3
 
 
-def test_nan_input_stops_with_a_clear_error(tiny):
-  batch = _tiny_batch()
-  batch['image'] = batch['image'].at[3, 5, 5, 0].set(jnp.nan)
-  _, metrics = tiny.step(_copy(tiny.state), batch)
+def test_a_nan_parameter_stops_with_a_clear_error(tiny):
+  state = _copy(tiny.state)
+  first, *rest = jax.tree.leaves(state.params)
+  state = state.replace(params=jax.tree.unflatten(jax.tree.structure(state.params),
+                                                  [first.at[(0,) * first.ndim].set(jnp.nan),
+                                                   *rest]))
+  _, metrics = tiny.step(state, _tiny_batch())
   record = jax.device_get(steps.track_nonfinite(None, metrics, 1))
   with pytest.raises(errors.NonFiniteError, match=r'^step 1: loss is nan; aux1_loss is nan; '):
     steps.check_finite(record)
@@ -321,9 +333,9 @@ def test_step_scores_top1_and_top5_by_the_labels_rank():
   config = _config(aux_weight=0.0)
   state, sharding, mesh = _linear_state(config, num_classes=10)
   rng = np.random.default_rng(0)
-  images = rng.normal(size=(8, 4, 4, 3)).astype(np.float32)
+  images = rng.integers(0, 256, size=(8, 4, 4, 3), dtype=np.uint8)
   kernel, bias = (np.asarray(state.params['classifier'][k], np.float64) for k in ('kernel', 'bias'))
-  logits = images.astype(np.float64).mean(axis=(1, 2)) @ kernel + bias  # as _MeanLinear's
+  logits = _normalized(images, config).mean(axis=(1, 2)) @ kernel + bias  # as _MeanLinear's
   ranks = np.array([0, 1, 4, 5, 9, 0, 2, 7])  # top-1: 2 of 8; top-5: 5 of 8
   labels = np.argsort(-logits, axis=-1)[np.arange(8), ranks].astype(np.int32)
   assert _top_k_fractions(logits, labels) == (2 / 8, 5 / 8)
@@ -333,9 +345,9 @@ def test_step_scores_top1_and_top5_by_the_labels_rank():
 
 
 def _numpy_eval(params, images, labels, mask):
-  """The expected eval counts: softmax averaged over crops, in float64."""
+  """The expected eval counts of normalized images: softmax averaged over crops, float64."""
   kernel, bias = (np.asarray(params['classifier'][k], np.float64) for k in ('kernel', 'bias'))
-  logits = images.astype(np.float64).mean(axis=(-3, -2)) @ kernel + bias
+  logits = images.mean(axis=(-3, -2)) @ kernel + bias
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   if probs.ndim == 3:
@@ -348,23 +360,25 @@ def _numpy_eval(params, images, labels, mask):
 
 @pytest.mark.parametrize('crops', [None, 10])
 def test_eval_step_averages_softmax_over_crops_and_counts_masked_in_examples(crops):
-  state, sharding, mesh = _linear_state(_config(ema_decay=0.5))
-  rng = np.random.default_rng(1)  # seed 1: top-1 < top-5 < count, so each count is tested
+  config = _config(ema_decay=0.5)
+  state, sharding, mesh = _linear_state(config)
+  rng = np.random.default_rng(2)  # seed 2: top-1 < top-5 < count, so each count is tested
   params = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), state.params)
   ema = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), state.params)
   state = state.replace(params=params, ema_params=ema)
   shape = (8, 4, 4, 3) if crops is None else (8, crops, 4, 4, 3)
-  batch = {'image': rng.normal(scale=3.0, size=shape).astype(np.float32),
+  batch = {'image': rng.integers(0, 256, size=shape, dtype=np.uint8),
            'label': rng.integers(0, 7, 8).astype(np.int32),
            'mask': np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)}
   got = jax.device_get(steps.make_eval_step(mesh, sharding)(state, batch))
-  expected = _numpy_eval(ema, batch['image'], batch['label'], batch['mask'])  # EMA params
+  images = _normalized(batch['image'], config)
+  expected = _numpy_eval(ema, images, batch['label'], batch['mask'])  # EMA params
   assert set(got) == set(expected)
   for name, value in expected.items():
     np.testing.assert_allclose(got[name], value, rtol=1e-5, err_msg=name)
   assert got['count'] == 6
   assert 0 < expected['correct_top1'] < expected['correct_top5'] < expected['count']
-  assert not np.isclose(_numpy_eval(params, batch['image'], batch['label'],
+  assert not np.isclose(_numpy_eval(params, images, batch['label'],
                                     batch['mask'])['loss_sum'], expected['loss_sum'])
 
 
@@ -379,7 +393,7 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
   step_k = steps.make_train_step(_config(grad_accum_steps=2, **overrides), mesh, sharding_k)
   step_1 = steps.make_train_step(_config(**overrides), mesh, sharding_1)
   rng = np.random.default_rng(0)
-  batch = {'image': rng.normal(size=(8, 4, 4, 3)).astype(np.float32),
+  batch = {'image': rng.integers(0, 256, size=(8, 4, 4, 3), dtype=np.uint8),
            'label': rng.integers(0, 7, 8).astype(np.int32)}
   halves = [jax.tree.map(lambda x, i=i: x[4 * i:4 * (i + 1)], batch) for i in range(2)]
   initial = jax.device_get(accumulated.params)

@@ -1,5 +1,8 @@
 """Input pipeline: a data set's per-process share as seeded, sharded global batches.
 
+Images leave as uint8 RGB pixels; the steps normalize them on the device
+(`inception_jax.data.pixels`).
+
 Sources (`config.dataset`): a tfds image-classification data set by name
 (`tfds_source`), or `'image_folder'`: `config.image_folder/<split>/<class>/<image>`
 (`image_folder`). Each JAX process reads a disjoint share of a split, and the shares
@@ -92,7 +95,7 @@ def check_splits(config: ml_collections.ConfigDict, info: DatasetInfo,
 
 def create_train_iterator(config: ml_collections.ConfigDict, mesh: Mesh,
                           start_step: int = 0) -> Iterator[Batch]:
-  """Endless training batches `{'image': [B, H, W, 3] float32, 'label': [B] int32}`.
+  """Endless training batches `{'image': [B, H, W, 3] uint8, 'label': [B] int32}`.
 
   B is `config.batch_size`; the arrays are global, sharded over the mesh axis 'data'.
   The first batch is the one of step `start_step`.
@@ -109,7 +112,7 @@ def train_batch_spec(config: ml_collections.ConfigDict, mesh: Mesh
   """
   split = sharding.batch_sharding(mesh)
   size = config.image_size
-  return {'image': jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.float32,
+  return {'image': jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.uint8,
                                         sharding=split),
           'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=split)}
 
@@ -119,7 +122,7 @@ def create_eval_iterator(config: ml_collections.ConfigDict, mesh: Mesh,
   """One pass over `config.eval_split` as masked global batches.
 
   Yields `{'image', 'label' [B] int32, 'mask' [B] float32}` with B =
-  `config.eval_batch_size`; images are [B, H, W, 3], or [B, crops, H, W, 3] for
+  `config.eval_batch_size`; images are uint8 [B, H, W, 3], or [B, crops, H, W, 3] for
   crops in (10, 144). Padding examples have mask 0, so summing over `mask` counts each
   example of the split exactly once; every process yields the same number of batches.
   """
@@ -183,7 +186,7 @@ def make_eval_dataset(config: ml_collections.ConfigDict, *, crops: int = 1,
             'mask': tf.constant(1.0)}
 
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros(preprocess.output_shape),
+      'image': tf.zeros(preprocess.output_shape, tf.uint8),
       'label': tf.constant(0),
       'mask': tf.constant(0.0),
   }).repeat()
@@ -233,8 +236,7 @@ def _readable_class_names(names: Sequence[str]) -> tuple[str, ...]:
 def _train_preprocess(config: ml_collections.ConfigDict) -> preprocessing.TrainPreprocess:
   """The training preprocessing that `config` asks for."""
   return preprocessing.TrainPreprocess(
-      image_size=config.image_size, mean_rgb=tuple(config.mean_rgb),
-      std_rgb=tuple(config.std_rgb), crop=config.crop,
+      image_size=config.image_size, crop=config.crop,
       area_range=tuple(config.crop_area_range),
       aspect_range=tuple(config.crop_aspect_range), random_flip=config.random_flip,
       color_distortion=config.color_distortion,
@@ -246,8 +248,7 @@ def eval_preprocess(config: ml_collections.ConfigDict,
                      crops: int) -> preprocessing.EvalPreprocess:
   """The evaluation preprocessing that `config` asks for, with `crops` crops."""
   return preprocessing.EvalPreprocess(
-      image_size=config.image_size, mean_rgb=tuple(config.mean_rgb),
-      std_rgb=tuple(config.std_rgb), resize_ratio=config.eval_resize_ratio, crops=crops)
+      image_size=config.image_size, resize_ratio=config.eval_resize_ratio, crops=crops)
 
 
 def _seed(seed: int, stream: int, index: tf.Tensor) -> tf.Tensor:

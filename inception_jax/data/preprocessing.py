@@ -1,14 +1,15 @@
 """Image preprocessing as TensorFlow graph functions, for use inside `tf.data` maps.
 
-Images enter as encoded bytes (JPEG, PNG, GIF or BMP) and leave as float32 RGB arrays
-normalized per channel. Every random operation is stateless: it takes an explicit seed,
+Images enter as encoded bytes (JPEG, PNG, GIF or BMP) and leave as uint8 RGB pixels;
+the training and evaluation steps normalize them on the device (`inception_jax.data.pixels`).
+Every random operation is stateless: it takes an explicit seed,
 an int32/int64 tensor of shape [2], so the same (image, seed) always gives the same
 output. Boxes are int32 tensors `(y, x, height, width)` in pixels.
 
 Training (`TrainPreprocess`): Inception crop (decoded inside the crop window only, for
 JPEGs) or centre crop, resize to `image_size` (optionally by a randomly chosen
-interpolation method, as in the GoogLeNet paper), random horizontal flip, optional
-photometric distortions, normalization.
+interpolation method, as in the GoogLeNet paper), optional photometric distortions,
+rounding to uint8, random horizontal flip.
 
 Evaluation (`EvalPreprocess`): resize the shorter side to
 `round(image_size * resize_ratio)` and take the centre crop (`decode_center_crop`, which
@@ -170,12 +171,9 @@ def distort_color(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.clip_by_value(x, 0.0, 1.0) * _MAX_PIXEL
 
 
-def normalize(image: tf.Tensor, mean_rgb: Sequence[float],
-              std_rgb: Sequence[float]) -> tf.Tensor:
-  """Returns `(image - mean_rgb) / std_rgb`, both on the 0..255 scale, as float32."""
-  mean = tf.constant(mean_rgb, tf.float32)
-  std = tf.constant(std_rgb, tf.float32)
-  return (tf.cast(image, tf.float32) - mean) / std
+def to_pixels(image: tf.Tensor) -> tf.Tensor:
+  """float RGB on 0..255 rounded to uint8 pixels, what the pipelines hand to the step."""
+  return tf.saturate_cast(tf.round(image), tf.uint8)
 
 
 def shorter_side_size(height: tf.Tensor, width: tf.Tensor, side: int) -> tf.Tensor:
@@ -363,17 +361,15 @@ def multi_scale_crop(image: tf.Tensor, image_size: int) -> MultiCrop:
 
 @dataclasses.dataclass(frozen=True)
 class TrainPreprocess:
-  """Training preprocessing: (encoded image, seed [2]) -> float32 [size, size, 3].
+  """Training preprocessing: (encoded image, seed [2]) -> uint8 [size, size, 3].
 
   `crop` is 'inception' or 'center'. The Inception crop (`sample_inception_box`, fused
   with JPEG decoding) is resized to `image_size` bilinearly, or by a method drawn from
   `RESIZE_METHODS` if `random_resize_method`. The centre crop is the one evaluation
-  takes (bilinear). Then come the optional random flip and `distort_color`, and
-  `normalize`.
+  takes (bilinear). Then come the optional `distort_color`, `to_pixels` and the
+  optional random flip (on uint8, the cheapest place; it commutes with the others).
   """
   image_size: int
-  mean_rgb: Sequence[float]
-  std_rgb: Sequence[float]
   crop: str = 'inception'
   area_range: Sequence[float] = (0.08, 1.0)
   aspect_range: Sequence[float] = (3 / 4, 4 / 3)
@@ -404,11 +400,12 @@ class TrainPreprocess:
       image = decode_center_crop(image_bytes, self.image_size, self.eval_resize_ratio)
     else:
       image = self._inception_crop(image_bytes, crop_seed, resize_seed)
-    if self.random_flip:
-      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if self.color_distortion:
       image = distort_color(image, color_seed)
-    return normalize(image, self.mean_rgb, self.std_rgb)
+    image = to_pixels(image)
+    if self.random_flip:
+      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return image
 
   def _inception_crop(self, image_bytes: tf.Tensor, crop_seed: tf.Tensor,
                       resize_seed: tf.Tensor) -> tf.Tensor:
@@ -423,14 +420,12 @@ class TrainPreprocess:
 
 @dataclasses.dataclass(frozen=True)
 class EvalPreprocess:
-  """Evaluation preprocessing: encoded image -> float32 `output_shape`.
+  """Evaluation preprocessing: encoded image -> uint8 pixels of `output_shape`.
 
   `crops=1`: `decode_center_crop`; `crops=10`: `ten_crop`; `crops=144`:
-  `multi_scale_crop`. All are normalized.
+  `multi_scale_crop`; each rounded by `to_pixels`.
   """
   image_size: int
-  mean_rgb: Sequence[float]
-  std_rgb: Sequence[float]
   resize_ratio: float = 256 / 224
   crops: int = 1
 
@@ -454,4 +449,4 @@ class EvalPreprocess:
       image = ten_crop(decode_rgb(image_bytes), self.image_size, self.resize_ratio).images
     else:
       image = multi_scale_crop(decode_rgb(image_bytes), self.image_size).images
-    return normalize(image, self.mean_rgb, self.std_rgb)
+    return to_pixels(image)

@@ -9,6 +9,7 @@ hits all of them alike: compare ratios within one run. The per-core bound of PIL
 decode + crop + resize to uint8, one process) is timed in the same rounds.
 """
 
+import functools
 import glob
 import os
 import statistics
@@ -22,6 +23,7 @@ from PIL import Image
 
 from inception_jax import sharding
 from inception_jax.data import pipeline
+from inception_jax.data import pixels
 from inception_jax.data import preprocessing
 
 TORCHVISION = 'torchvision'
@@ -29,11 +31,17 @@ _EVAL_RESIZE = 256 / 224  # torchvision's Resize(256) before CenterCrop(224)
 
 
 def ours(config: ml_collections.ConfigDict, kind: str) -> Callable[[], Iterator[Any]]:
-  """A starter of this project's 'train' or 'eval' batches, as global device arrays."""
+  """A starter of this project's 'train' or 'eval' images as the model receives them.
+
+  Global device arrays, normalized on the device as the steps do (`pixels.normalize`).
+  """
   mesh = sharding.create_mesh(jax.devices())
-  if kind == 'train':
-    return lambda: pipeline.create_train_iterator(config, mesh)
-  return lambda: pipeline.create_eval_iterator(config, mesh)
+  normalize = jax.jit(functools.partial(pixels.normalize, mean_rgb=tuple(config.mean_rgb),
+                                        std_rgb=tuple(config.std_rgb)))
+  create = (pipeline.create_train_iterator if kind == 'train'
+            else pipeline.create_eval_iterator)
+  return lambda: ({**batch, 'image': normalize(batch['image'])}
+                  for batch in create(config, mesh))
 
 
 def torchvision_loader(config: ml_collections.ConfigDict, kind: str,

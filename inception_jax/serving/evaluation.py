@@ -21,6 +21,7 @@ from inception_jax import metrics
 from inception_jax import sharding
 from inception_jax import xla_options
 from inception_jax.data import pipeline
+from inception_jax.data import pixels
 from inception_jax.data import preprocessing
 from inception_jax.model import googlenet
 from inception_jax.training import checkpointing
@@ -62,7 +63,9 @@ def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops:
   preprocessing.warn_if_mirrors_unseen(crops, config.random_flip)
   mesh = sharding.create_mesh()
   variables = jax.device_put(loaded.variables, sharding.replicated(mesh))
-  forward = jax.jit(lambda v, x: jnp.exp(metrics.log_probs(loaded.model.apply, v, x)),
+  mean_rgb, std_rgb = tuple(config.mean_rgb), tuple(config.std_rgb)
+  forward = jax.jit(lambda v, x: jnp.exp(metrics.log_probs(
+      loaded.model.apply, v, pixels.normalize(x, mean_rgb, std_rgb))),
                     in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
                     out_shardings=sharding.replicated(mesh),
                     compiler_options=xla_options.for_model(jax.default_backend()))

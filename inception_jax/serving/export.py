@@ -35,11 +35,11 @@ from jax import export as jax_export
 from jax import lax
 from jax.experimental import jax2tf
 import jax.numpy as jnp
-import numpy as np
 import tensorflow as tf
 
 from inception_jax import errors
 from inception_jax import paths
+from inception_jax.data import pixels
 from inception_jax.data import preprocessing
 from inception_jax.model import googlenet
 from inception_jax.model import ops as ops_lib
@@ -57,14 +57,12 @@ def serving_function(loaded: evaluation.LoadedModel, input_kind: str
   if input_kind not in INPUT_KINDS:
     raise errors.ConfigError(
         f'input_kind must be one of {sorted(INPUT_KINDS)}, got {input_kind!r}.')
-  mean = np.asarray(loaded.config.mean_rgb, np.float32)
-  std = np.asarray(loaded.config.std_rgb, np.float32)
   branches = {platform: functools.partial(model.apply, loaded.variables, train=False)
               for platform, model in platform_models(loaded).items()}
 
   def logits(images: jax.Array) -> jax.Array:
     if input_kind == 'uint8':
-      images = (images.astype(jnp.float32) - mean) / std
+      images = pixels.normalize(images, loaded.config.mean_rgb, loaded.config.std_rgb)
     return lax.platform_dependent(images, **branches).logits
 
   return logits

@@ -1,8 +1,8 @@
 """`python -m inception_jax predict`: top-k classes of image files from a trained model.
 
 Images are preprocessed as evaluation does (`preprocessing.EvalPreprocess` with the
-run's image size, resize ratio, mean and std; 1 or 10 crops whose softmax outputs
-are averaged) and classified by one `jax.jit` forward per batch-size bucket: batches
+run's image size and resize ratio, to uint8 pixels normalized on the device with its
+mean and std; 1 or 10 crops whose softmax outputs are averaged) and classified by one `jax.jit` forward per batch-size bucket: batches
 are the largest bucket, and the last one is padded to the smallest bucket that
 holds it, so any number of images compiles at most `len(buckets)` times. Files that
 are missing, empty, not decodable, or whose header declares more than the config's
@@ -30,6 +30,7 @@ from inception_jax import paths
 from inception_jax import xla_options
 from inception_jax.data import image_headers
 from inception_jax.data import pipeline
+from inception_jax.data import pixels
 from inception_jax.data import preprocessing
 from inception_jax.serving import evaluation
 from inception_jax.training import metric_logging
@@ -120,8 +121,10 @@ class Predictor:
     self.max_image_pixels = config.get('max_image_pixels',
                                        config_lib.get_base_config().max_image_pixels)
     apply_fn = self.loaded.model.apply
+    mean_rgb, std_rgb = tuple(config.mean_rgb), tuple(config.std_rgb)
     self._jitted = jax.jit(
-        lambda variables, images: jnp.exp(metrics.log_probs(apply_fn, variables, images)),
+        lambda variables, images: jnp.exp(metrics.log_probs(
+            apply_fn, variables, pixels.normalize(images, mean_rgb, std_rgb))),
         compiler_options=xla_options.for_model(jax.default_backend()))
     self._compiled: dict[tuple[int, ...], jax.stages.Compiled] = {}
 
@@ -137,13 +140,13 @@ class Predictor:
     return self._compiled[images.shape](self.loaded.variables, images)
 
   def probabilities(self, images: np.ndarray) -> np.ndarray:
-    """[N, classes] class probabilities of N preprocessed images (`preprocess` output)."""
+    """[N, classes] class probabilities of N preprocessed images (`preprocess`'s uint8)."""
     largest = self.buckets[-1]
     probs = []
     for start in range(0, len(images), largest):
       chunk = images[start:start + largest]
       size = bucket_size(len(chunk), self.buckets)
-      padded = np.zeros((size, *chunk.shape[1:]), np.float32)
+      padded = np.zeros((size, *chunk.shape[1:]), chunk.dtype)
       padded[:len(chunk)] = chunk
       probs.append(np.asarray(self._forward(padded))[:len(chunk)])
     return np.concatenate(probs) if probs else np.zeros((0, len(self.class_names)), np.float32)

@@ -30,6 +30,7 @@ from inception_jax import errors
 from inception_jax import metrics as metrics_lib
 from inception_jax import sharding
 from inception_jax import xla_options
+from inception_jax.data import pixels as pixels_lib
 from inception_jax.model import googlenet
 from inception_jax.sharding import Batch
 from inception_jax.training import optim
@@ -53,6 +54,8 @@ class TrainState:
     apply_fn: the model's apply function (static).
     tx: the optimizer (static).
     learning_rate_fn: the schedule, a function of the optimizer update count (static).
+    mean_rgb, std_rgb: the normalization of the batches' uint8 pixels into model
+      inputs, on 0..255 (static).
     grad_accum_steps: training steps per optimizer update (static).
     ema_decay: the EMA decay per update; 0 when off (static).
   """
@@ -65,12 +68,18 @@ class TrainState:
   apply_fn: Callable[..., Any] = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
   learning_rate_fn: optax.Schedule = flax.struct.field(pytree_node=False)
+  mean_rgb: tuple[float, ...] = flax.struct.field(pytree_node=False)
+  std_rgb: tuple[float, ...] = flax.struct.field(pytree_node=False)
   grad_accum_steps: int = flax.struct.field(pytree_node=False, default=1)
   ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
 
   def eval_variables(self) -> dict[str, Params]:
     """The variables evaluation uses: the EMA parameters when there are any."""
     return googlenet.model_variables(self.params, self.batch_stats, self.ema_params)
+
+  def model_input(self, pixels: Array) -> Array:
+    """The model's input from a batch's uint8 pixels (`pixels.normalize`)."""
+    return pixels_lib.normalize(pixels, self.mean_rgb, self.std_rgb)
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
@@ -123,7 +132,8 @@ def train_state_initializer(config: ml_collections.ConfigDict, model: nn.Module,
         batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
         ema_params=params if config.ema_decay > 0 else None,
         rng=jax.random.key_data(dropout_key), apply_fn=model.apply, tx=tx,
-        learning_rate_fn=learning_rate_fn, grad_accum_steps=config.grad_accum_steps,
+        learning_rate_fn=learning_rate_fn, mean_rgb=tuple(config.mean_rgb),
+        std_rgb=tuple(config.std_rgb), grad_accum_steps=config.grad_accum_steps,
         ema_decay=config.ema_decay)
 
   key = jax.random.key(config.seed)
@@ -210,7 +220,9 @@ def model_loss(model: nn.Module, variables: Mapping[str, Params], batch: Batch,
 def train_step(state: TrainState, batch: Batch, *, aux_weight: float,
                label_smoothing: float = 0.0,
                keep_batch_stats: bool = False) -> tuple[TrainState, Metrics]:
-  """One training step on `batch` = {'image': [B, H, W, 3], 'label': int32 [B]}.
+  """One training step on `batch` = {'image': uint8 [B, H, W, 3], 'label': int32 [B]}.
+
+  The pixels are normalized here, on the device, with the state's mean_rgb/std_rgb.
 
   Args:
     state: the state; its step and base key give this step's dropout key.
@@ -227,9 +239,10 @@ def train_step(state: TrainState, batch: Batch, *, aux_weight: float,
     accumulation applies no update).
   """
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  images = state.model_input(batch['image'])
 
   def loss_fn(params: Params) -> tuple[Array, tuple[Metrics, Array, Params]]:
-    output, batch_stats = _forward_train(state, params, batch['image'], dropout_rng)
+    output, batch_stats = _forward_train(state, params, images, dropout_rng)
     loss, terms = classification_loss(output, batch['label'], aux_weight, label_smoothing)
     return loss, (terms, output.logits, batch_stats)
 
@@ -315,7 +328,7 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
   """Summable evaluation counts over the masked-in examples of `batch`.
 
   Uses the EMA parameters when there are any, in evaluation mode (no dropout,
-  no aux heads). `batch['image']` is [B, H, W, 3], or [B, crops, H, W, 3], in
+  no aux heads). `batch['image']` is uint8 [B, H, W, 3], or [B, crops, H, W, 3], in
   which case the softmax probabilities are averaged over the crops of each
   example. `batch['mask']` [B] is 1 for real examples and 0 for padding.
 
@@ -323,7 +336,8 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
     'correct_top1', 'correct_top5', 'loss_sum' (cross-entropy of the predicted
     distribution, no label smoothing) and 'count', each summed over the batch.
   """
-  predicted = metrics_lib.log_probs(state.apply_fn, state.eval_variables(), batch['image'])
+  predicted = metrics_lib.log_probs(state.apply_fn, state.eval_variables(),
+                                    state.model_input(batch['image']))
   labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
   nll = -jnp.take_along_axis(predicted, labels[:, None], axis=-1)[:, 0]
   return {
