@@ -160,7 +160,7 @@ def make_train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0
 
   ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
   ds = ds.skip(offset).enumerate(first_example)
-  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(prepare, num_parallel_calls=_threads())
   ds = ds.batch(local_batch, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(
       _options(deterministic=config.deterministic_data))
@@ -190,7 +190,7 @@ def make_eval_dataset(config: ml_collections.ConfigDict, *, crops: int = 1,
       'label': tf.constant(0),
       'mask': tf.constant(0.0),
   }).repeat()
-  ds = share.in_order().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = share.in_order().map(prepare, num_parallel_calls=_threads())
   ds = ds.concatenate(padding).take(num_eval_batches(config, process_count) * local_batch)
   ds = ds.batch(local_batch, drop_remainder=True)
   # Always in split order: ensembles and per-example predictions line models up by index.
@@ -257,16 +257,25 @@ def _seed(seed: int, stream: int, index: tf.Tensor) -> tf.Tensor:
       tf.constant([seed, stream], tf.int64), tf.cast(index, tf.int64))
 
 
+def _threads() -> int:
+  """Threads of the pipeline's own pool, and images its map works on at once.
+
+  Twice the cores this process may use: a thread waiting on a file read or on a full
+  buffer leaves its core to another, so every core keeps decoding.
+  """
+  return 2 * len(os.sched_getaffinity(0))
+
+
 def _options(deterministic: bool) -> tf.data.Options:
   """tf.data options: deterministic order, or faster parallel map in any order.
 
-  As the TPU input pipelines set them: a thread pool of the pipeline's own, one thread
-  per core this process may use, and one thread per op, so that parallelism comes from
-  decoding many images at once rather than from splitting one image's ops.
+  As the TPU input pipelines set them: a thread pool of the pipeline's own
+  (`_threads`) and one thread per op, so that parallelism comes from decoding many
+  images at once rather than from splitting one image's ops.
   """
   options = tf.data.Options()
   options.deterministic = deterministic
-  options.threading.private_threadpool_size = len(os.sched_getaffinity(0))
+  options.threading.private_threadpool_size = _threads()
   options.threading.max_intra_op_parallelism = 1
   return options
 
