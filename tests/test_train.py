@@ -14,6 +14,7 @@ import time
 
 import flax
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -193,6 +194,23 @@ def test_ensemble_averages_the_members_probabilities(trained, tmp_path):
   assert report['ensemble']['loss'] == pytest.approx(nll, rel=1e-5)
   assert [m['top1'] for m in report['models']] == pytest.approx(
       [np.mean(p.argmax(-1) == labels) for p, _ in probs])
+
+
+def test_each_ensemble_member_normalizes_with_its_own_runs_mean_and_std(trained, tmp_path):
+  config = trained[0]
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.mean_rgb, other.std_rgb = (20.0, 60.0, 100.0), (30.0, 40.0, 50.0)
+  configs = (config, other)
+  members = [make_run(tmp_path / f'member{i}', c, seed=i) for i, c in enumerate(configs)]
+  report = evaluation.evaluate_paths([str(m) for m in members], 1, list(configs))
+  alone = [evaluation.predict_split(evaluation.load_model(m, c), c, 1)
+           for m, c in zip(members, configs)]  # each on its own, as its run evaluates it
+  labels = alone[0][1]
+  average = (alone[0][0] + alone[1][0]) / 2
+  nll = -np.mean(np.log(average[np.arange(len(labels)), labels]))
+  assert report['ensemble']['loss'] == pytest.approx(nll, rel=1e-5)
+  assert report['models'][1]['loss'] == pytest.approx(
+      -np.mean(np.log(alone[1][0][np.arange(len(labels)), labels])), rel=1e-5)
 
 
 def test_ensemble_members_on_other_data_are_refused(trained, tmp_path):

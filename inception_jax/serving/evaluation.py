@@ -21,7 +21,7 @@ from inception_jax import metrics
 from inception_jax import sharding
 from inception_jax import xla_options
 from inception_jax.data import pipeline
-from inception_jax.data import pixels
+from inception_jax.data import pixels as pixels_lib
 from inception_jax.data import preprocessing
 from inception_jax.model import googlenet
 from inception_jax.training import checkpointing
@@ -54,6 +54,17 @@ def load_model(path: str | pathlib.Path, config: ml_collections.ConfigDict) -> L
                      config=config, meta=restored.meta)
 
 
+def probabilities(loaded: LoadedModel, variables: Any, pixels: jax.Array) -> jax.Array:
+  """[B, classes] class probabilities of uint8 pixels [B, H, W, 3] or [B, crops, H, W, 3].
+
+  Normalized with the model's own run's mean_rgb/std_rgb, so that ensemble members
+  trained with different ones each see the inputs they were trained on; crops are
+  averaged in softmax space.
+  """
+  images = pixels_lib.normalize(pixels, loaded.config.mean_rgb, loaded.config.std_rgb)
+  return jnp.exp(metrics.log_probs(loaded.model.apply, variables, images))
+
+
 def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops: int,
                   total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(probabilities [N, classes], labels [N]) for every example of config.eval_split.
@@ -63,9 +74,7 @@ def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops:
   preprocessing.warn_if_mirrors_unseen(crops, config.random_flip)
   mesh = sharding.create_mesh()
   variables = jax.device_put(loaded.variables, sharding.replicated(mesh))
-  mean_rgb, std_rgb = tuple(config.mean_rgb), tuple(config.std_rgb)
-  forward = jax.jit(lambda v, x: jnp.exp(metrics.log_probs(
-      loaded.model.apply, v, pixels.normalize(x, mean_rgb, std_rgb))),
+  forward = jax.jit(lambda v, x: probabilities(loaded, v, x),
                     in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
                     out_shardings=sharding.replicated(mesh),
                     compiler_options=xla_options.for_model(jax.default_backend()))

@@ -11,6 +11,7 @@ are missing, empty, not decodable, or whose header declares more than the config
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -18,19 +19,16 @@ import sys
 from typing import Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
 from inception_jax import config as config_lib
 from inception_jax import errors
-from inception_jax import metrics
 from inception_jax import paths
 from inception_jax import xla_options
 from inception_jax.data import image_headers
 from inception_jax.data import pipeline
-from inception_jax.data import pixels
 from inception_jax.data import preprocessing
 from inception_jax.serving import evaluation
 from inception_jax.training import metric_logging
@@ -120,11 +118,8 @@ class Predictor:
     # Runs saved before the field existed get its default.
     self.max_image_pixels = config.get('max_image_pixels',
                                        config_lib.get_base_config().max_image_pixels)
-    apply_fn = self.loaded.model.apply
-    mean_rgb, std_rgb = tuple(config.mean_rgb), tuple(config.std_rgb)
     self._jitted = jax.jit(
-        lambda variables, images: jnp.exp(metrics.log_probs(
-            apply_fn, variables, pixels.normalize(images, mean_rgb, std_rgb))),
+        functools.partial(evaluation.probabilities, self.loaded),
         compiler_options=xla_options.for_model(jax.default_backend()))
     self._compiled: dict[tuple[int, ...], jax.stages.Compiled] = {}
 
