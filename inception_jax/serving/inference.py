@@ -4,9 +4,10 @@ Images are preprocessed as evaluation does (`preprocessing.EvalPreprocess` with 
 run's image size and resize ratio, to uint8 pixels normalized on the device with its
 mean and std; 1 or 10 crops whose softmax outputs are averaged) and classified by one
 `jax.jit` forward per batch-size bucket: batches are the largest bucket, and the last
-one is padded to the smallest bucket that holds it, so any number of images compiles
-at most `len(buckets)` times. Files that are missing, empty, not decodable, or whose header declares more than the config's
-`max_image_pixels` (refused unread) are reported by name and skipped.
+one is padded to the smallest bucket that holds it, so any number of images compiles at
+most `len(buckets)` times. Files that are missing, empty, not decodable, or whose header
+declares more than the config's `max_image_pixels` (refused unread) are reported by name
+and skipped.
 """
 
 import argparse
