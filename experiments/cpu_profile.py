@@ -1,9 +1,11 @@
 """Where a benchmark case's time goes, op category by op category, for JAX and torch eager.
 
-  python -m experiments.cpu_profile [--cases infer:32:224,train:128:64] [--rounds 2]
+  python -m experiments.cpu_profile [--cases infer:32:224,train:128:64] [--rounds 2] [--top N]
+      [--dtype bfloat16]
 
-For each case (googlenet_bn, float32, the `fast` kernel set: the CPU default) both
-peers run in one process, in alternating rounds of `--steps` steps each: JAX under
+For each case (googlenet_bn, float32 unless `--dtype`, the `fast` kernel set: the CPU
+default; torch's bfloat16 is its autocast) both peers run in one process, in
+alternating rounds of `--steps` steps each: JAX under
 `jax.profiler` (XLA's per-kernel events of the CPU runtime, each mapped to its
 instruction in the compiled program), torch eager under `torch.profiler` (self time
 of each aten op, optimizer ops found by their `Optimizer.step` parent). Prints one
@@ -88,6 +90,8 @@ def hlo_categories(hlo: str, kernel_shapes: set[tuple[int, ...]]) -> dict[str, s
       else:
         categories[name] = ('conv/matmul input gradient' if backward
                             else 'conv/matmul forward')
+    elif 'transpose' in kinds and not op_name:  # a weight gradient's operand laid out anew
+      categories[name] = 'concatenations and copies'
     elif 'GoogLeNet' not in op_name and 'log_softmax' not in op_name and (
         'reduce' in kinds or 'add' in kinds or 'multiply' in kinds) and not re.search(
             r'top_k|one_hot|threefry|softmax|cross_entropy|log', op_name):
@@ -102,6 +106,18 @@ def hlo_categories(hlo: str, kernel_shapes: set[tuple[int, ...]]) -> dict[str, s
     else:
       categories[name] = 'the rest'
   return categories
+
+
+def kernel_descriptions(hlo: str) -> dict[str, str]:
+  """'result shape, source op' of each instruction of compiled HLO `hlo`, by name."""
+  descriptions = {}
+  for line in hlo.splitlines():
+    match = _INSTRUCTION.match(line)
+    if match:
+      op_name = re.search(r'op_name="([^"]*)"', match.group(4))
+      descriptions[match.group(1)] = (f"{match.group(2)[:48]}, "
+                                      f"{op_name.group(1)[-90:] if op_name else 'unnamed'}")
+  return descriptions
 
 
 def kernel_shapes(params: Any) -> set[tuple[int, ...]]:
@@ -143,6 +159,7 @@ def jax_profile(run: Any, steps: int, categories: dict[str, str]
     op = (event.get('args') or {}).get('hlo_op')
     if event.get('ph') == 'X' and op in categories:
       totals[categories[op]] += event['dur'] / 1e3 / steps
+      totals[f'kernel: {op}'] += event['dur'] / 1e3 / steps
   return dict(totals), 1e3 * wall
 
 
@@ -216,15 +233,17 @@ def profile_case(case: benchmark.Case, rounds: int, steps: int) -> dict[str, Any
     results['torch'].append(torch_profile(torch_run, steps))
   kernels = collections.Counter(categories.values())
   return dict(case=case.name, compile_phases=dict(compile_phases), results=results,
-              kernels=dict(kernels), fusions=sum(' fusion(' in line for line in hlo.splitlines()))
+              kernels=dict(kernels), fusions=sum(' fusion(' in line for line in hlo.splitlines()),
+              categories=categories, descriptions=kernel_descriptions(hlo))
 
 
 def _spread(values: list[float]) -> str:
   return f'{np.median(values):.0f} ({min(values):.0f}–{max(values):.0f})'
 
 
-def format_case(report: dict[str, Any]) -> str:
-  """One Markdown table: ms per step per category, median (min–max) over the rounds."""
+def format_case(report: dict[str, Any], top: int = 0) -> str:
+  """One Markdown table: ms per step per category, median (min–max) over the rounds;
+  with `top`, then each category's `top` longest JAX kernels (ms per step, mean of the rounds)."""
   lines = [f"**{report['case']}**: {len(report['results']['jax'])} rounds; the JAX "
            f"program has {report['fusions']} fusions and "
            f"{sum(report['kernels'].values())} kernels; building it took "
@@ -250,6 +269,16 @@ def format_case(report: dict[str, Any]) -> str:
     lines += ['', "torch's largest ops in the rest: " + ', '.join(
         f'{name} {ms / len(report["results"]["torch"]):.0f} ms' for name, ms in
         rest.most_common(4)) + '.']
+  kernels = collections.Counter()
+  for totals, _ in report['results']['jax']:
+    kernels.update({k[len('kernel: '):]: v / len(report['results']['jax'])
+                    for k, v in totals.items() if k.startswith('kernel: ')})
+  for category in CATEGORIES if top else ():
+    longest = [(ms, op) for op, ms in kernels.most_common()
+               if report['categories'][op] == category][:top]
+    if longest:
+      lines += ['', f"JAX's longest kernels in {category}:", '']
+      lines += [f"* {ms:.1f} ms: {op} ({report['descriptions'][op]})" for ms, op in longest]
   return '\n'.join(lines)
 
 
@@ -258,11 +287,16 @@ def main() -> None:
   parser.add_argument('--cases', default='infer:32:224,train:128:64')
   parser.add_argument('--rounds', type=int, default=2)
   parser.add_argument('--steps', type=int, default=2, help='profiled steps per round')
+  parser.add_argument('--top', type=int, default=0,
+                      help="also list each category's N longest JAX kernels")
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                      help='compute dtype of both peers')
   args = parser.parse_args()
   print(f'{benchmark.cpu_model()}, {benchmark.threads()} threads, jax {jax.__version__}',
         flush=True)
-  for case in benchmark.parse_cases(args.cases, ['googlenet_bn'], ['float32']):
-    print('\n' + format_case(profile_case(case, args.rounds, args.steps)), flush=True)
+  for case in benchmark.parse_cases(args.cases, ['googlenet_bn'], [args.dtype]):
+    print('\n' + format_case(profile_case(case, args.rounds, args.steps), args.top),
+          flush=True)
 
 
 if __name__ == '__main__':

@@ -79,8 +79,11 @@ def subprocess_env(compilation_cache_dir) -> dict[str, str]:
 
 
 # The files that run longest (pytest --durations), longest first.
-LONGEST_FILES = ('test_preemption.py', 'test_gcs_workdir.py', 'test_train.py',
-                 'test_multihost.py', 'test_train_multidevice.py', 'test_cli.py')
+LONGEST_FILES = ('test_preemption.py', 'test_transformations.py', 'test_finetune_chain.py',
+                 'test_functional_docs.py', 'test_train.py', 'test_gcs_workdir.py',
+                 'test_cli.py', 'test_benchmark.py', 'test_public_api.py',
+                 'test_train_multidevice.py', 'test_accelerator_check_script.py',
+                 'test_multihost.py')
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -8,6 +8,7 @@ import pytest
 from experiments import ablations
 from experiments import cpu_profile
 from experiments import crops_ensembles
+from experiments import startup_phases
 
 
 def _field(config, dotted_key: str):
@@ -70,6 +71,14 @@ _HLO = '''HloModule jit_train_step
   ROOT %r = f32[16] reduce(%p, %zero), dimensions={0,1,2}, to_apply=%add
 }
 
+%fused_transpose (p: f32[8,4,4,16]) -> f32[4,4,8,16] {
+  %p = f32[8,4,4,16] parameter(0)
+  %two = f32[] constant(2)
+  %twos = f32[8,4,4,16] broadcast(%two), dimensions={}
+  %m = f32[8,4,4,16] multiply(%p, %twos)
+  ROOT %t = f32[4,4,8,16] transpose(%m), dimensions={1,2,0,3}
+}
+
 ENTRY %main (x: f32[8,4,4,16], k: f32[3,3,16,32], g: f32[8,4,4,32]) -> f32[16] {
   %x = f32[8,4,4,16] parameter(0)
   %k = f32[3,3,16,32] parameter(1)
@@ -78,6 +87,7 @@ ENTRY %main (x: f32[8,4,4,16], k: f32[3,3,16,32], g: f32[8,4,4,32]) -> f32[16] {
   %dx = f32[8,4,4,16] convolution(%g, %k), metadata={op_name="transpose(jvp(GoogLeNet))/3x3/conv"}
   %dk = f32[32,3,3,16] convolution(%g, %x), dim_labels=f01b_i01o->f01b
   %copy.1 = f32[3,3,16,32] copy(%k)
+  %layout = f32[4,4,8,16] fusion(%x), calls=%fused_transpose
   %stats = (f32[16], f32[16]) fusion(%x), calls=%fused_reduce, metadata={op_name="GoogLeNet/bn/s"}
   %bn = f32[16] fusion(%x), calls=%fused_reduce, metadata={op_name="GoogLeNet/x.activate/bn"}
   ROOT %norm = f32[16] fusion(%x), calls=%fused_reduce, metadata={op_name="reduce"}
@@ -90,5 +100,28 @@ def test_profile_sorts_kernels_into_categories_by_name_and_shape():
   assert cpu_profile.hlo_categories(_HLO, kernel_shapes) == {
       'fwd': 'conv/matmul forward', 'dx': 'conv/matmul input gradient',
       'dk': 'conv/matmul weight gradient', 'copy.1': 'concatenations and copies',
+      'layout': 'concatenations and copies',
       'stats': 'BatchNorm + ReLU', 'bn': 'BatchNorm + ReLU',
       'norm': 'optimizer update and norms'}
+
+
+def test_profile_table_lists_each_categorys_longest_kernels_averaged_over_rounds():
+  report = dict(
+      case='c', compile_phases={'trace': 1.0}, fusions=2, kernels={'pools': 2},
+      categories={'a': 'pools', 'b': 'pools'},
+      descriptions={'a': 'f32[8], GoogLeNet/pool', 'b': 'f32[4], GoogLeNet/pool'},
+      results={'jax': [({'pools': 3.0, 'kernel: a': 2.0, 'kernel: b': 1.0}, 3.5),
+                       ({'pools': 5.0, 'kernel: a': 4.0, 'kernel: b': 1.0}, 5.5)],
+               'torch': [({'pools': 1.0}, 1.0), ({'pools': 1.0}, 1.0)]})
+  assert '| pools | 4 (3–5) | 1 (1–1) |' in cpu_profile.format_case(report)
+  assert 'longest kernels' not in cpu_profile.format_case(report)
+  lines = cpu_profile.format_case(report, top=1).splitlines()
+  assert lines[-1] == '* 3.0 ms: a (f32[8], GoogLeNet/pool)'
+
+
+def test_startup_phases_refuse_an_inference_case(monkeypatch, capsys):
+  monkeypatch.setattr('sys.argv', ['startup_phases', '--case', 'infer:1:32'])
+  with pytest.raises(SystemExit) as exit_info:
+    startup_phases.main()
+  assert exit_info.value.code == 2
+  assert "a training step's; write train:BATCH:SIZE." in capsys.readouterr().err
