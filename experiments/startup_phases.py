@@ -66,7 +66,7 @@ def phases(case: benchmark.Case, compiler_options: dict[str, Any], steps_after: 
       config, model, (1, *shape[1:]), mesh, 1000))
   pixels = jax.random.randint(jax.random.key(1), shape, 0, 256).astype(jnp.uint8)
   batch = {'image': pixels, 'label': jnp.arange(case.batch, dtype=jnp.int32) % 1000}
-  options = {**xla_options.for_model(jax.default_backend()), **compiler_options}
+  options = {**xla_options.for_model(jax.default_backend(), case.dtype), **compiler_options}
   step = steps.make_train_step(config, mesh, state_sharding, options)
   lowered = timed('trace_and_lower', lambda: step.lower(state, batch))
   compiled = timed('compile', lowered.compile)

@@ -167,7 +167,7 @@ def compile_jax(case: Case, ops: str, compiler_options: dict[str, Any] | None
     variables = googlenet.init_variables(model, jax.random.key(0), (1, *shape[1:]))
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False).logits)
     if compiler_options is None:
-      compiler_options = xla_options.for_model(jax.default_backend())
+      compiler_options = xla_options.for_model(jax.default_backend(), model.dtype)
     start = time.perf_counter()
     compiled = apply.lower(variables, images).compile(xla_options.supported(compiler_options))
     return compiled, (variables, images), time.perf_counter() - start

@@ -3,6 +3,7 @@
 import hashlib
 import os
 import pathlib
+import warnings
 
 import jax
 
@@ -36,3 +37,8 @@ def use_persistent_cache(directory: str | None) -> None:
   """
   jax.config.update('jax_compilation_cache_dir', directory)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_COMPILE_SECONDS)
+  # XLA cannot serialize a program holding oneDNN calls (bfloat16 on CPUs with AVX-512,
+  # `xla_options.CPU_BFLOAT16`) and JAX warns at each such compile; the program is
+  # compiled afresh in each process instead, which is all the warning means.
+  warnings.filterwarnings('ignore', category=UserWarning,
+                          message='Error writing persistent compilation cache entry .*bad_alloc')

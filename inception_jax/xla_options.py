@@ -28,6 +28,11 @@ FAST_COMPILE = {'xla_backend_optimization_level': 0,
 CPU_MODEL = {'xla_cpu_experimental_ynn_fusion_type':
              'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 
+# Added to CPU_MODEL for programs that compute in bfloat16: XLA's own CPU convolutions
+# compute bfloat16 in float32, while oneDNN's use the CPU's bfloat16 instructions
+# (XLA hands oneDNN only what the CPU supports); in float32 oneDNN's are the slower.
+CPU_BFLOAT16 = {'xla_cpu_experimental_onednn_custom_call': True}
+
 
 def supported(options: Mapping[str, Any], platform: str | None = None) -> dict[str, Any]:
   """`options` less those that `platform`'s compiler (default: JAX's backend) refuses."""
@@ -36,9 +41,13 @@ def supported(options: Mapping[str, Any], platform: str | None = None) -> dict[s
           if _refusal(platform, name, value) is None}
 
 
-def for_model(platform: str) -> dict[str, Any]:
-  """The options for the model's training, evaluation and inference programs on `platform`."""
-  return supported(CPU_MODEL, platform) if platform == 'cpu' else {}
+def for_model(platform: str, dtype: Any = jnp.float32) -> dict[str, Any]:
+  """The options for the model's training, evaluation and inference programs on `platform`,
+  computing in `dtype` (the model's compute dtype)."""
+  if platform != 'cpu':
+    return {}
+  bfloat16 = CPU_BFLOAT16 if jnp.dtype(dtype) == jnp.bfloat16 else {}
+  return supported({**CPU_MODEL, **bfloat16}, platform)
 
 
 def fast_compile(platform: str | None = None) -> dict[str, Any]:

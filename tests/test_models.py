@@ -176,7 +176,7 @@ def test_max_pool_equals_caffe_loop(shape, window, stride, pad, ops):
   np.testing.assert_array_equal(np.asarray(got), _caffe_max_pool(x, window, stride, pad))
 
 
-@pytest.mark.parametrize('height,width', [(14, 14), (7, 7), (2, 3), (5, 9)])
+@pytest.mark.parametrize('height,width', [(14, 14), (7, 7), (2, 3), (5, 9), (4, 4), (8, 12), (8, 9)])
 def test_adaptive_avg_pool_matches_torch_formula(height, width):
   x = np.random.default_rng(1).normal(size=(2, height, width, 3)).astype(np.float32)
   got = np.asarray(layers.AdaptiveAvgPool(4).apply({}, jnp.asarray(x)))

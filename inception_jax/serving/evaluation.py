@@ -77,7 +77,8 @@ def predict_split(loaded: LoadedModel, config: ml_collections.ConfigDict, crops:
   forward = jax.jit(lambda v, x: probabilities(loaded, v, x),
                     in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
                     out_shardings=sharding.replicated(mesh),
-                    compiler_options=xla_options.for_model(jax.default_backend()))
+                    compiler_options=xla_options.for_model(jax.default_backend(),
+                                                            loaded.model.dtype))
   probs, labels = [], []
   progress = metric_logging.Progress(f'evaluating {loaded.path}', total) if total else None
   for batch in pipeline.create_eval_iterator(config, mesh, crops=crops):

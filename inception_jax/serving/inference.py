@@ -121,7 +121,7 @@ class Predictor:
                                        config_lib.get_base_config().max_image_pixels)
     self._jitted = jax.jit(
         functools.partial(evaluation.probabilities, self.loaded),
-        compiler_options=xla_options.for_model(jax.default_backend()))
+        compiler_options=xla_options.for_model(jax.default_backend(), self.loaded.model.dtype))
     self._compiled: dict[tuple[int, ...], jax.stages.Compiled] = {}
 
   @property

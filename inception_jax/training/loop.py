@@ -193,7 +193,8 @@ def _set_up(config: ml_collections.ConfigDict, workdir: epath.Path,
   return _Run(config=config, workdir=workdir, is_main=is_main, manager=manager, writer=writer,
               profiler=profiler, meta=meta, mesh=mesh, steps_per_epoch=steps_per_epoch,
               total_steps=total_steps, start_step=start_step, state=state,
-              train_step=train_step, eval_step=steps.make_eval_step(mesh, state_sharding),
+              train_step=train_step,
+              eval_step=steps.make_eval_step(mesh, state_sharding, dtype=config.dtype),
               track_nonfinite=steps.make_nonfinite_tracker(mesh),
               batches=pipeline.create_train_iterator(config, mesh, start_step=start_step))
 

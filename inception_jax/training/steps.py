@@ -298,8 +298,8 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
   The input state is donated (its buffers are reused for the new state); the
   metrics come back replicated. `compiler_options` are passed to XLA (those it
   knows, `xla_options.supported`); None means `xla_options.for_model` of the
-  mesh's platform (`{}`: XLA's own defaults; `xla_options.FAST_COMPILE` cuts
-  compile time for slower steps).
+  mesh's platform and config.dtype (`{}`: XLA's own defaults;
+  `xla_options.FAST_COMPILE` cuts compile time for slower steps).
 
   Raises:
     ValueError: if config.batch_size does not divide by the number of devices.
@@ -308,7 +308,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
   step = _bound_train_step(config.aux_weight, config.label_smoothing, config.freeze_backbone)
   return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0,
-                 compiler_options=_compiler_options(mesh, compiler_options))
+                 compiler_options=_compiler_options(mesh, compiler_options, config.dtype))
 
 
 @functools.lru_cache(maxsize=None)
@@ -350,21 +350,24 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
 
 
 def make_eval_step(mesh: Mesh, state_sharding: TrainState,
-                   compiler_options: Mapping[str, Any] | None = None
-                   ) -> Callable[[TrainState, Batch], Metrics]:
+                   compiler_options: Mapping[str, Any] | None = None,
+                   dtype: str = googlenet.AUTO_DTYPE) -> Callable[[TrainState, Batch], Metrics]:
   """`eval_step` jit-compiled for `mesh`: batch split over 'data', counts replicated.
 
-  `compiler_options` as in `make_train_step`.
+  `compiler_options` as in `make_train_step`, with `dtype` the model's compute dtype
+  (a config.dtype name).
   """
   return jax.jit(eval_step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh),
-                 compiler_options=_compiler_options(mesh, compiler_options))
+                 compiler_options=_compiler_options(mesh, compiler_options, dtype))
 
 
-def _compiler_options(mesh: Mesh, options: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def _compiler_options(mesh: Mesh, options: Mapping[str, Any] | None,
+                      dtype: str) -> Mapping[str, Any]:
   platform = mesh.devices.flat[0].platform
   if options is None:
-    return xla_options.for_model(platform)
+    return xla_options.for_model(platform,
+                                 googlenet.DTYPES[googlenet.resolve_dtype(dtype, platform)])
   return xla_options.supported(options, platform)
 
 
