@@ -79,13 +79,15 @@ def test_programs_still_compile_when_the_jaxlib_lacks_an_option(monkeypatch):
                              rtol=1e-5, atol=1e-5)
 
 
-def _avx512() -> bool:
-  """Whether this CPU has AVX-512, without which XLA hands no bfloat16 op to oneDNN."""
+def _onednn_bfloat16_cpu() -> bool:
+  """Whether this CPU has what XLA asks of it before it hands bfloat16 work to oneDNN
+  (xla/service/cpu/onednn_util.h: AVX-512, AVX-NE-CONVERT or AMX-BF16)."""
   try:
     with open('/proc/cpuinfo', encoding='utf-8') as cpuinfo:
-      return ' avx512f ' in f' {cpuinfo.read()} '.replace('\n', ' ')
+      flags = set(cpuinfo.read().split())
   except OSError:
     return False
+  return bool(flags & {'avx512f', 'avx_ne_convert', 'amx_bf16'})
 
 
 def test_bfloat16_programs_on_cpu_add_onednn_to_the_float32_options():
@@ -129,7 +131,7 @@ def test_onednn_bfloat16_convolutions_give_xlas_results_and_float32_keeps_xlas_k
   xla = apply.compile(xla_options.for_model('cpu', jnp.float32))
   assert '__onednn$' not in xla.as_text()
   if '__onednn$convolution' in onednn.as_text():
-    assert _avx512()
+    assert _onednn_bfloat16_cpu()
   expected = np.asarray(xla(variables, images), np.float32)
   np.testing.assert_allclose(np.asarray(onednn(variables, images), np.float32), expected,
                              rtol=0, atol=0.02 * np.abs(expected).max())

@@ -313,8 +313,9 @@ AUTO_DTYPE = 'auto'
 def resolve_dtype(name: str, platform: str | None = None) -> str:
   """A compute dtype's name; 'auto' is float32 on CPU and bfloat16 on GPUs and TPUs.
 
-  bfloat16 is what GPU and TPU matrix units are fast in; on CPU it was measured
-  slower than float32 for this model. `platform` defaults to JAX's default backend.
+  bfloat16 is what GPU and TPU matrix units are fast in; on CPU it is faster than
+  float32 only on some stacks and CPUs (oneDNN's kernels, `xla_options.CPU_BFLOAT16`),
+  so there it is asked for by name. `platform` defaults to JAX's default backend.
   """
   if name == AUTO_DTYPE:
     return 'float32' if (platform or jax.default_backend()) == 'cpu' else 'bfloat16'
