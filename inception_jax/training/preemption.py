@@ -41,26 +41,31 @@ class PreemptionWatch:
   """
 
   def __init__(self):
-    self._flag = threading.Event()
+    self._notice = False
     self._previous: Any = None
     # Where JAX's handler is already in place, a Python one would replace it.
     if threading.current_thread() is threading.main_thread() and not _distributed_started():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+      self._previous = signal.signal(signal.SIGTERM, self._note)
+
+  def _note(self, *_: Any) -> None:
+    # One assignment and no lock: the handler runs between any two bytecodes of the
+    # main thread, its own included, so a notice arriving while it runs is harmless.
+    self._notice = True
 
   def start(self, step: int) -> bool:
     """Reports the starting step; True if a notice already asks to stop there."""
     if not _distributed_started():
-      return self._flag.is_set()
+      return self._notice
     reached = _reached_sync_point(step)
-    if self._flag.is_set():  # arrived before JAX's handler replaced ours: hand it on
-      self._flag.clear()
+    if self._notice:  # arrived before JAX's handler replaced ours: hand it on
+      self._notice = False
       os.kill(os.getpid(), signal.SIGTERM)
     return reached
 
   def reached(self, step: int) -> bool:
     """True when the run must save `step` and stop; call it once per step, in order."""
     if not _distributed_started():
-      return self._flag.is_set()
+      return self._notice
     return _reached_sync_point(step)
 
   def finish(self) -> None:
