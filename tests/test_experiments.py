@@ -2,6 +2,8 @@
 
 import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -9,6 +11,9 @@ from experiments import ablations
 from experiments import cpu_profile
 from experiments import crops_ensembles
 from experiments import startup_phases
+from inception_jax import benchmark, sharding, xla_options
+from inception_jax.model import googlenet
+from inception_jax.training import steps
 
 
 def _field(config, dotted_key: str):
@@ -125,3 +130,18 @@ def test_startup_phases_refuse_an_inference_case(monkeypatch, capsys):
     startup_phases.main()
   assert exit_info.value.code == 2
   assert "a training step's; write train:BATCH:SIZE." in capsys.readouterr().err
+
+
+def test_startup_parts_compile_the_gradient_and_an_update_kernel_per_parameter():
+  (case,) = benchmark.parse_cases('train:2:32', ['googlenet_bn_shallow'], ['float32'])
+  model = googlenet.create_model(case.model, ops='fast')
+  config = benchmark._train_config(case)  # pylint: disable=protected-access
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  state, _ = steps.create_train_state(config, model, (1, 32, 32, 3), mesh, 10)
+  batch = {'image': jnp.zeros((2, 32, 32, 3), jnp.uint8), 'label': jnp.zeros(2, jnp.int32)}
+  result = startup_phases.parts(model, state, batch, config.aux_weight,
+                                xla_options.fast_compile())
+  # Every parameter's new value is an output of its own: at least one kernel each.
+  assert result['update_and_norms_kernels'] >= len(jax.tree.leaves(state.params))
+  assert result['gradient_kernels'] > 0
+  assert result['gradient_compile_s'] > 0 and result['update_and_norms_compile_s'] > 0
