@@ -7,7 +7,8 @@
 Run it in a fresh process per measurement (nothing compiled before, no persistent
 cache): the imports, the state (its initializer traced, compiled and run), the training
 step traced and lowered, its XLA compile, the first step and the ones after it, each in
-wall seconds, CPU seconds (all threads) and the seconds of it XLA spent compiling.
+wall seconds, CPU seconds (all threads; the kernel's share apart) and the seconds of it
+XLA spent compiling.
 `--compiler-options` are added to the model's defaults (`xla_options.for_model`).
 `--parts` also compiles the step's two halves alone, with the same options: the loss's
 gradient, and the optimizer's update with the step's global norms; with the step's
@@ -36,10 +37,14 @@ from inception_jax.training import optim, steps
 _IMPORTED = time.perf_counter()
 
 
-def cpu_seconds() -> float:
-  """User and system CPU seconds of this process so far, all threads."""
+def cpu_seconds() -> tuple[float, float]:
+  """(user + system, system) CPU seconds of this process so far, all threads.
+
+  System time is mostly the kernel faulting in memory: huge pages it may first have
+  to assemble (compact), where a fragmented page cache holds the free memory.
+  """
   usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
+  return usage.ru_utime + usage.ru_stime, usage.ru_stime
 
 
 def kernels(compiled: jax.stages.Compiled) -> int:
@@ -88,10 +93,12 @@ def phases(case: benchmark.Case, compiler_options: dict[str, Any], steps_after: 
       compiling[0] += seconds
 
   def timed(name: str, fn: Any) -> Any:
-    wall, cpu, xla = time.perf_counter(), cpu_seconds(), compiling[0]
+    wall, (cpu, system), xla = time.perf_counter(), cpu_seconds(), compiling[0]
     result = jax.block_until_ready(fn())
     times[f'{name}_s'] = time.perf_counter() - wall
-    times[f'{name}_cpu_s'] = cpu_seconds() - cpu
+    cpu_after, system_after = cpu_seconds()
+    times[f'{name}_cpu_s'] = cpu_after - cpu
+    times[f'{name}_system_s'] = system_after - system
     times[f'{name}_xla_compile_s'] = compiling[0] - xla
     return result
 
