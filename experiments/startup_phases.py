@@ -40,8 +40,8 @@ _IMPORTED = time.perf_counter()
 def cpu_seconds() -> tuple[float, float]:
   """(user + system, system) CPU seconds of this process so far, all threads.
 
-  System time is mostly the kernel faulting in memory: huge pages it may first have
-  to assemble (compact), where a fragmented page cache holds the free memory.
+  System time is mostly the kernel faulting memory in, huge pages included, which it
+  may first have to assemble by compacting memory.
   """
   usage = resource.getrusage(resource.RUSAGE_SELF)
   return usage.ru_utime + usage.ru_stime, usage.ru_stime
